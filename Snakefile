@@ -1,0 +1,19 @@
+# relm: RE-LM unsupervised MT, end to end. `snakemake --cores 2` runs the built-in demo;
+# `snakemake --profile slurm all` sends every job to SLURM. See README.md.
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/text.smk"
+include: "rules/mlm.smk"
+include: "rules/unmt.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

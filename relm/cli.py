@@ -1,0 +1,286 @@
+"""The `relm` command line: one subcommand per workflow stage, each a thin wrapper over the package.
+
+Every Snakemake rule calls exactly one of these, so the whole pipeline also runs by hand:
+
+    relm synth | fetch | tokenize | bpe learn | bpe apply | vocab count | vocab extend | binarize
+    relm train mlm | train unmt | translate | score | tables | plots | compute | import-xlm
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def log(*msg) -> None:
+    print(*msg, file=sys.stderr, flush=True)
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    """Parse repeated LANG=PATH arguments."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"relm: {what} expects LANG=PATH, got {item!r}")
+        out[key] = value
+    return out
+
+
+# --- text stages -------------------------------------------------------------------------------
+
+def cmd_synth(a):
+    from relm.text.synth import generate_pair
+
+    kwargs = json.loads(a.settings) if a.settings else {}
+    generate_pair(a.out_dir, hmr=a.hmr, lmr=a.lmr, seed=a.seed, log=log, **kwargs)
+
+
+def cmd_fetch(a):
+    from relm.text.fetch import fetch
+
+    fetch(json.loads(a.source), a.out, lines=a.lines or None, seed=a.seed, log=log)
+
+
+def cmd_tokenize(a):
+    from relm.text.tokenize import tokenize_file
+
+    tokenize_file(a.input, a.output, a.lang, threads=a.threads)
+
+
+def cmd_bpe_learn(a):
+    from relm.text.bpe import learn_codes
+
+    learn_codes(a.inputs, a.codes, a.merges, log=log)
+
+
+def cmd_bpe_apply(a):
+    from relm.text.bpe import apply_file
+
+    apply_file(a.codes, a.input, a.output, log=log)
+
+
+def cmd_vocab_count(a):
+    from relm.text.vocab import count_vocab
+
+    count_vocab(a.inputs, a.output)
+
+
+def cmd_vocab_extend(a):
+    from relm.text.vocab import extend_vocab
+
+    info = extend_vocab(a.hmr_vocab, a.lmr_vocab, a.out_dir, lmr=a.lmr, hmr=a.hmr, log=log)
+    log(f"vocabulary extended by N={info['n_new']}: {info['ext_vocab']}")
+
+
+def cmd_binarize(a):
+    from relm.data.corpus import binarize
+
+    binarize(a.input, a.vocab, a.output, lang=a.lang, log=log)
+
+
+# --- training ----------------------------------------------------------------------------------
+
+def cmd_train(a):
+    from relm.config import MLMConfig, UNMTConfig, from_dict, load_settings
+
+    settings = load_settings(a.config, a.settings)
+    common = dict(run_dir=a.run_dir, vocab=a.vocab, train=_pairs(a.train, "--train"),
+                  valid=_pairs(a.valid, "--valid"), test=_pairs(a.test, "--test") or None,
+                  init=a.init, out=a.out, metrics_out=a.metrics, log=log)
+    try:
+        if a.objective == "mlm":
+            from relm.train.mlm import train_mlm
+
+            train_mlm(from_dict(MLMConfig, settings), extension=a.extension, **common)
+        else:
+            from relm.train.unmt import train_unmt
+
+            train_unmt(from_dict(UNMTConfig, settings), **common)
+    except ValueError as e:  # config errors name the key
+        raise SystemExit(f"relm train {a.objective}: {e}")
+
+
+# --- generation and evaluation -----------------------------------------------------------------
+
+def cmd_translate(a):
+    from relm.translate import translate_file
+
+    translate_file(a.model, a.input, a.output, src_lang=a.src_lang, tgt_lang=a.tgt_lang, codes=a.codes,
+                   beam_size=a.beam_size, length_penalty=a.length_penalty, early_stopping=a.early_stopping,
+                   batch_size=a.batch_size, tok_out=a.tok_output, device=a.device)
+
+
+def cmd_score(a):
+    from relm.evaluate.score import score_file
+
+    meta = dict(pair=a.pair, system=a.system, direction=a.direction, split=a.split)
+    result = score_file(a.hyp, a.ref, a.tgt_lang, src=a.src, meta=meta, out=a.output)
+    m = result["metrics"]
+    log(f"BLEU {m['bleu']['score']:.2f}  chrF {m['chrf']['score']:.2f}  tokenized BLEU {m['tok_bleu']['score']:.2f}")
+
+
+def cmd_tables(a):
+    from relm.evaluate.tables import write_tables
+
+    write_tables(a.scores, a.out_dir, baseline=a.baseline, bootstrap=not a.no_bootstrap)
+
+
+def cmd_plots(a):
+    from relm.evaluate.plots import plot_bleu_bars, plot_curves
+
+    if a.metrics:
+        plot_curves(_pairs(a.metrics, "--metrics"), a.curves)
+    if a.scores_tsv:
+        plot_bleu_bars(a.scores_tsv, a.bars)
+
+
+def cmd_compute(a):
+    from relm.evaluate.tables import write_compute_table
+
+    write_compute_table(_pairs(a.benchmark, "--benchmark"), a.output)
+
+
+def cmd_import_xlm(a):
+    from relm.model.xlm import convert_xlm_checkpoint
+
+    log(convert_xlm_checkpoint(a.input, a.output))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="relm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate the built-in synthetic language pair")
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--hmr", required=True)
+    s.add_argument("--lmr", required=True)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--settings", help="JSON of generator parameters (sizes, concepts, cognate rate)")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("fetch", help="acquire a corpus: local copy or verified download, optional sampling")
+    s.add_argument("--source", required=True, help='JSON: {"path": P} or {"url": U, "sha256": H}')
+    s.add_argument("--out", required=True)
+    s.add_argument("--lines", type=int, default=0, help="deterministic sample of this many lines (0 = all)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("tokenize", help="Moses normalization and tokenization (sacremoses)")
+    s.add_argument("--input", required=True)
+    s.add_argument("--output", required=True)
+    s.add_argument("--lang", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.set_defaults(func=cmd_tokenize)
+
+    bpe = sub.add_parser("bpe", help="subword-nmt BPE").add_subparsers(dest="bpe_command", required=True)
+    s = bpe.add_parser("learn", help="learn codes on the concatenation of the inputs")
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--codes", required=True)
+    s.add_argument("--merges", type=int, required=True)
+    s.set_defaults(func=cmd_bpe_learn)
+    s = bpe.add_parser("apply", help="apply codes to a tokenized file")
+    s.add_argument("--codes", required=True)
+    s.add_argument("--input", required=True)
+    s.add_argument("--output", required=True)
+    s.set_defaults(func=cmd_bpe_apply)
+
+    voc = sub.add_parser("vocab", help="vocabularies").add_subparsers(dest="vocab_command", required=True)
+    s = voc.add_parser("count", help="count tokens (fastBPE getvocab order)")
+    s.add_argument("--inputs", nargs="+", required=True)
+    s.add_argument("--output", required=True)
+    s.set_defaults(func=cmd_vocab_count)
+    s = voc.add_parser("extend", help="RE-LM vocabulary extension: writes vocab.LMR-HMR-ext-by-N and its JSON sidecar")
+    s.add_argument("--hmr-vocab", required=True)
+    s.add_argument("--lmr-vocab", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--lmr", required=True)
+    s.add_argument("--hmr", required=True)
+    s.set_defaults(func=cmd_vocab_extend)
+
+    s = sub.add_parser("binarize", help="token ids as a memory-mapped flat array + offsets")
+    s.add_argument("--input", required=True)
+    s.add_argument("--vocab", required=True)
+    s.add_argument("--output", required=True, help="the corpus JSON path (siblings .tok.npy, .off.npy)")
+    s.add_argument("--lang", required=True)
+    s.set_defaults(func=cmd_binarize)
+
+    train = sub.add_parser("train", help="training").add_subparsers(dest="objective", required=True)
+    for name, what in (("mlm", "masked-LM pretraining / fine-tuning"), ("unmt", "unsupervised NMT (DAE + BT)")):
+        s = train.add_parser(name, help=what)
+        s.add_argument("--run-dir", required=True, help="checkpoints, resolved config; rerun = resume")
+        s.add_argument("--config", help="run config YAML")
+        s.add_argument("--settings", help="run config as JSON (overrides --config)")
+        s.add_argument("--vocab", required=True, help="vocabulary file of the model's dictionary")
+        s.add_argument("--train", action="append", required=True, metavar="LANG=CORPUS")
+        s.add_argument("--valid", action="append", metavar="LANG=CORPUS")
+        s.add_argument("--test", action="append", metavar="LANG=CORPUS")
+        s.add_argument("--init", help="checkpoint to start from")
+        s.add_argument("--out", help="where to copy the best model")
+        s.add_argument("--metrics", help="where to write the metrics history (JSON lines)")
+        if name == "mlm":
+            s.add_argument("--extension", help="sidecar JSON of the vocabulary extension (RE-LM)")
+        s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("translate", help="translate raw text with a UNMT model")
+    s.add_argument("--model", required=True)
+    s.add_argument("--src-lang", required=True)
+    s.add_argument("--tgt-lang", required=True)
+    s.add_argument("--codes", required=True, help="BPE codes of the source side")
+    s.add_argument("--input", default="-")
+    s.add_argument("--output", default="-")
+    s.add_argument("--tok-output", help="also write Moses-tokenized, BPE-removed output (tokenized BLEU)")
+    s.add_argument("--beam-size", type=int, default=1)
+    s.add_argument("--length-penalty", type=float, default=1.0)
+    s.add_argument("--early-stopping", action="store_true")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_translate)
+
+    s = sub.add_parser("score", help="sacreBLEU BLEU/chrF + the original's tokenized BLEU")
+    s.add_argument("--hyp", required=True)
+    s.add_argument("--ref", required=True)
+    s.add_argument("--src", help="source text, for the copy baseline")
+    s.add_argument("--tgt-lang", required=True)
+    s.add_argument("--output", required=True)
+    for key in ("pair", "system", "direction", "split"):
+        s.add_argument(f"--{key}", required=True)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("tables", help="scores.tsv, bleu.md, bleu.tex from score files")
+    s.add_argument("--scores", nargs="+", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.add_argument("--baseline", default="xlm")
+    s.add_argument("--no-bootstrap", action="store_true")
+    s.set_defaults(func=cmd_tables)
+
+    s = sub.add_parser("plots", help="training curves and the BLEU bar chart")
+    s.add_argument("--metrics", action="append", metavar="LABEL=METRICS_JSONL")
+    s.add_argument("--curves")
+    s.add_argument("--scores-tsv")
+    s.add_argument("--bars")
+    s.set_defaults(func=cmd_plots)
+
+    s = sub.add_parser("compute", help="wall time and peak memory per stage from benchmark files")
+    s.add_argument("--benchmark", action="append", required=True, metavar="LABEL=TSV")
+    s.add_argument("--output", required=True)
+    s.set_defaults(func=cmd_compute)
+
+    s = sub.add_parser("import-xlm", help="convert an XLM / RE-LM checkpoint into relm's format (no code executed)")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.set_defaults(func=cmd_import_xlm)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
+        raise SystemExit(f"relm {args.command}: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data on disk and in batches: dictionaries, memory-mapped corpora, batching, noise."""

@@ -1,0 +1,124 @@
+"""Binarized corpora: token ids of all sentences in one flat array plus sentence offsets, memory-mapped when read.
+
+Files for a corpus addressed by `P = {prefix}.json`: `{prefix}.tok.npy` (ids, no EOS between sentences; uint16 when
+the dictionary has fewer than 65536 words, else int32), `{prefix}.off.npy` (int64, n+1 offsets: sentence i is
+tok[off[i]:off[i+1]]) and the JSON with the metadata, written last so that its presence means a complete corpus.
+"""
+from __future__ import annotations
+
+import json
+from array import array
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from relm.data.dictionary import UNK, Dictionary
+from relm.text.errors import InputError, eprint
+from relm.text.fetch import atomic_output, sha256_file
+from relm.text.tokenize import iter_lines
+
+
+def sibling_paths(json_path: str | Path) -> tuple[Path, Path]:
+    json_path = Path(json_path)
+    if json_path.suffix != ".json":
+        raise InputError(f"corpus path {json_path} must end in .json")
+    prefix = str(json_path)[: -len(".json")]
+    return Path(prefix + ".tok.npy"), Path(prefix + ".off.npy")
+
+
+def binarize(
+    text_path: str | Path, vocab_path: str | Path, out_json: str | Path, lang: str, log: Callable = eprint
+) -> dict:
+    """Encode a (BPE) text file with the dictionary of `vocab_path`; returns the metadata written to `out_json`."""
+    dico = Dictionary.read_vocab(vocab_path)
+    tok_path, off_path = sibling_paths(out_json)
+    dtype = np.uint16 if len(dico) < 65536 else np.int32
+    toks = array("H" if dtype == np.uint16 else "i")
+    offs = array("q", [0])
+    unk: Counter = Counter()
+    for line in iter_lines(text_path):
+        ids = dico.encode(line)
+        toks.extend(ids)
+        offs.append(len(toks))
+        if UNK in ids:
+            unk.update(w for w in line.split() if dico.index(w) == UNK)
+    tok = np.frombuffer(toks, dtype=dtype)
+    off = np.frombuffer(offs, dtype=np.int64)
+    for path, arr in ((tok_path, tok), (off_path, off)):
+        with atomic_output(path, "wb") as f:
+            np.save(f, arr)
+    meta = {
+        "n_sentences": len(off) - 1,
+        "n_tokens": len(tok),
+        "n_unk": sum(unk.values()),
+        "lang": lang,
+        "text": str(text_path),
+        "vocab": str(vocab_path),
+        "vocab_sha256": sha256_file(vocab_path),
+        "n_words": len(dico),
+    }
+    with atomic_output(out_json) as f:
+        f.write(json.dumps(meta, indent=2) + "\n")
+    n_unk = meta["n_unk"]
+    rate = 100 * n_unk / max(1, len(tok))
+    log(f"binarize: {text_path} -> {out_json} ({meta['n_sentences']} sentences, {meta['n_tokens']} tokens, "
+        f"{len(dico)} words, {n_unk} unknown = {rate:.2f}%)")
+    if unk:
+        log("binarize: most frequent unknown words: " + ", ".join(f"{w} ({c})" for w, c in unk.most_common(10)))
+    return meta
+
+
+class Corpus:
+    """Read-only view of a binarized corpus; the arrays are memory-mapped, so opening costs no RAM."""
+
+    def __init__(self, json_path: str | Path):
+        self.path = Path(json_path)
+        tok_path, off_path = sibling_paths(self.path)
+        if not self.path.is_file():
+            raise InputError(f"corpus {self.path} does not exist")
+        for p in (tok_path, off_path):
+            if not p.is_file():
+                raise InputError(f"corpus {self.path}: file {p} is missing (re-run binarization)")
+        self.meta = json.loads(self.path.read_text(encoding="utf-8"))
+        try:
+            self.tok = np.load(tok_path, mmap_mode="r")
+            self.off = np.load(off_path, mmap_mode="r")
+        except ValueError as e:
+            raise InputError(f"corpus {self.path}: cannot read {tok_path} / {off_path}: {e}") from e
+        n, n_tok = self.meta["n_sentences"], self.meta["n_tokens"]
+        problems = []
+        if self.off.ndim != 1 or len(self.off) != n + 1:
+            problems.append(f"{off_path.name} has {len(self.off)} offsets, expected n_sentences + 1 = {n + 1}")
+        if self.tok.ndim != 1 or len(self.tok) != n_tok:
+            problems.append(f"{tok_path.name} has {len(self.tok)} tokens, expected n_tokens = {n_tok}")
+        if not problems and len(self.off) and (self.off[0] != 0 or self.off[-1] != len(self.tok)):
+            problems.append(f"offsets run from {self.off[0]} to {self.off[-1]}, expected 0 to {len(self.tok)}")
+        if problems:
+            raise InputError(f"corpus {self.path} is inconsistent: " + "; ".join(problems))
+        self._lengths = None
+
+    def __len__(self) -> int:
+        return len(self.off) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sentence {i} out of range for {self.path} ({len(self)} sentences)")
+        i %= len(self)
+        return self.tok[self.off[i] : self.off[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Sentence lengths in tokens (int64, computed once)."""
+        if self._lengths is None:
+            self._lengths = np.diff(self.off)
+        return self._lengths
+
+    @property
+    def n_words(self) -> int:
+        return self.meta["n_words"]
+
+    @property
+    def lang(self) -> str:
+        return self.meta["lang"]

@@ -1,0 +1,1 @@
+"""Scoring (sacreBLEU, tokenized BLEU, bootstrap), results tables and plots."""

@@ -1,0 +1,125 @@
+"""Training curves and the results bar chart as PNG files (matplotlib, Agg backend: no display needed).
+
+Training runs log JSON lines {"epoch", "step", "time_s", <metric>: value, ...} (metrics.jsonl); validation metrics
+are named as in XLM: valid_{lang}_mlm_ppl, valid_{l1}-{l2}_mt_bleu.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from relm.evaluate.tables import COPY, SYSTEMS, directions  # noqa: E402
+
+MLM_PPL = re.compile(r"^valid_(.+)_mlm_ppl$")
+MT_BLEU = re.compile(r"^valid_(.+)_mt_bleu$")
+
+
+def read_metrics(path) -> list[dict]:
+    """JSON lines of a metrics file; a missing file or a torn last line (run still writing) gives what is readable."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _series(records: list[dict], pattern: re.Pattern) -> dict[str, tuple[list, list]]:
+    """{what (lang or direction): (steps, values)} for the keys matching pattern, skipping non-finite values."""
+    series: dict[str, tuple[list, list]] = {}
+    for i, r in enumerate(records):
+        for k, v in r.items():
+            m = pattern.match(k)
+            if m and isinstance(v, (int, float)) and math.isfinite(v):
+                xs, ys = series.setdefault(m.group(1), ([], []))
+                xs.append(r.get("step", i))
+                ys.append(v)
+    return series
+
+
+def _save(fig, out_png) -> None:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_png.with_name(f".{out_png.name}.tmp{os.getpid()}")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    tmp.replace(out_png)
+
+
+def _no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+
+
+def plot_curves(metrics_files: dict[str, str | Path], out_png, title: str | None = None) -> dict[str, list[str]]:
+    """Validation MLM perplexity and validation BLEU against training step, one line per run (label) and language
+    or direction. Call once per language pair with that pair's runs, e.g. {"relm/mlm": path, "relm/unmt": path}.
+    Missing files and metrics are skipped (a panel without data says so). Returns the plotted series' names."""
+    fig, (ax_ppl, ax_bleu) = plt.subplots(1, 2, figsize=(12, 4.5))
+    runs = {label: read_metrics(p) for label, p in metrics_files.items()}
+    ppl_values = []
+    for label, records in runs.items():
+        for lang, (xs, ys) in _series(records, MLM_PPL).items():
+            ax_ppl.plot(xs, ys, marker=".", label=f"{label} {lang}")
+            ppl_values += ys
+        for direction, (xs, ys) in _series(records, MT_BLEU).items():
+            ax_bleu.plot(xs, ys, marker=".", label=f"{label} {direction.replace('-', '→')}")
+    ax_ppl.set(title="validation MLM perplexity", xlabel="step", ylabel="perplexity")
+    ax_bleu.set(title="validation BLEU (tokenized, as in training)", xlabel="step", ylabel="BLEU")
+    if ppl_values and min(ppl_values) > 0 and max(ppl_values) / min(ppl_values) > 20:
+        ax_ppl.set_yscale("log")
+    for ax, what in ((ax_ppl, "MLM perplexity"), (ax_bleu, "BLEU")):
+        if ax.lines:
+            ax.legend(fontsize="small")
+            ax.grid(alpha=0.3)
+        else:
+            _no_data(ax, what)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    plotted = {"mlm_ppl": [l.get_label() for l in ax_ppl.lines], "mt_bleu": [l.get_label() for l in ax_bleu.lines]}
+    _save(fig, out_png)
+    return plotted
+
+
+def plot_bleu_bars(scores_tsv, out_png, split: str = "test", pairs: list[str] | None = None) -> None:
+    """Grouped bars of the main table (one group per direction, one bar per system); detokenized BLEU and, if
+    present, tokenized BLEU side by side."""
+    df = pd.read_csv(scores_tsv, sep="\t")
+    df = df[(df["split"] == split) & (df["system"] != COPY)]
+    pairs = pairs or list(dict.fromkeys(df["pair"]))
+    cols = directions(pairs)
+    metrics = [m for m in ("bleu", "tok_bleu") if (df["metric"] == m).any()] or ["bleu"]
+    systems = [s for s in SYSTEMS if (df["system"] == s).any()] + sorted(set(df["system"]) - set(SYSTEMS))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6, 2.2 * len(cols)) * len(metrics) / 1.5, 4.5), squeeze=False)
+    width = 0.8 / max(1, len(systems))
+    for ax, metric in zip(axes[0], metrics):
+        sub = df[df["metric"] == metric].set_index(["system", "pair", "direction"])
+        for k, system in enumerate(systems):
+            xs, ys = [], []
+            for j, (pair, d) in enumerate(cols):
+                if (system, pair, d) in sub.index:
+                    xs.append(j + (k - (len(systems) - 1) / 2) * width)
+                    ys.append(float(sub.loc[(system, pair, d), "score"]))
+            bars = ax.bar(xs, ys, width, label=SYSTEMS.get(system, system))
+            ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
+        ax.set_xticks(range(len(cols)), [d.replace("-", "→") for _, d in cols])
+        ax.set(title=f"{'tokenized BLEU' if metric == 'tok_bleu' else 'sacreBLEU'} ({split})", ylabel="BLEU")
+        if systems and not sub.empty:
+            ax.legend(fontsize="small")
+        else:
+            _no_data(ax, "scores")
+    fig.tight_layout()
+    _save(fig, out_png)

@@ -1,0 +1,268 @@
+"""Results tables from score JSON files (see score.py) and Snakemake benchmark files.
+
+`write_tables` writes scores.tsv (long format: every score, with its signature and the paired-bootstrap p-value
+against the baseline system) and the paper's main table (systems x translation directions, test split) as
+Markdown and LaTeX, once for detokenized sacreBLEU and once for the original's tokenized BLEU.
+`write_compute_table` summarises wall time and peak memory per stage from Snakemake `benchmark:` files.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from relm.evaluate.score import atomic_write_text, paired_bootstrap_files, read_lines
+
+SYSTEMS = {"xlm": "XLM", "relm": "RE-LM", "relm_adapters": "RE-LM + adapters"}
+METRIC_TITLES = {
+    "bleu": "Detokenized BLEU (sacreBLEU)",
+    "tok_bleu": "Tokenized BLEU (multi-bleu.perl style on Moses-tokenized text, as reported by the original code)",
+}
+COPY = "copy"  # pseudo-system: the source sentence used as its own translation
+TSV_COLUMNS = ["pair", "system", "direction", "split", "metric", "score", "signature", "p_value_vs_baseline"]
+ALPHA = 0.05
+MISSING_MD, MISSING_TEX = "–", "--"
+
+
+def collect(score_jsons: Iterable[str | Path]) -> pd.DataFrame:
+    """Long table, one row per (pair, system, direction, split, metric); copy-baseline BLEU as system "copy"."""
+    rows, seen = [], set()
+    for path in score_jsons:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        key = (d["pair"], d["system"], d["direction"], d["split"])
+        if key in seen:
+            raise ValueError(f"duplicate scores for pair/system/direction/split {key} (in {path})")
+        seen.add(key)
+        common = {k: d[k] for k in ("pair", "system", "direction", "split")}
+        extra = {"tgt_lang": d.get("tgt_lang"), "n_lines": d.get("n_lines"), "hyp": d.get("hyp"), "ref": d.get("ref")}
+        for metric, m in d["metrics"].items():
+            rows.append({**common, "metric": metric, "score": m["score"], "signature": m["signature"], **extra})
+        copy_key = (d["pair"], COPY, d["direction"], d["split"])
+        if d.get("copy_bleu") is not None and copy_key not in seen:
+            seen.add(copy_key)
+            rows.append({**common, "system": COPY, "metric": "bleu", "score": d["copy_bleu"],
+                         "signature": d["metrics"]["bleu"]["signature"], **extra, "hyp": d.get("src")})
+    cols = TSV_COLUMNS[:-1] + ["tgt_lang", "n_lines", "hyp", "ref"]
+    df = pd.DataFrame(rows, columns=cols)
+    df["p_value_vs_baseline"] = math.nan
+    return df
+
+
+def add_significance(df: pd.DataFrame, baseline: str = "xlm", n_samples: int = 1000, seed: int = 12345) -> pd.DataFrame:
+    """Fill p_value_vs_baseline by paired bootstrap of every system against the baseline on the same test set."""
+    df = df.copy()
+    base = df[df.system == baseline].set_index(["pair", "direction", "split", "metric"])
+    for i, row in df.iterrows():
+        key = (row.pair, row.direction, row.split, row.metric)
+        if row.system in (baseline, COPY) or key not in base.index:
+            continue
+        b = base.loc[key]
+        if read_lines(row.ref) != read_lines(b.ref):
+            raise ValueError(f"{row.system} and {baseline} were scored against different references: {row.ref}, {b.ref}")
+        sig = paired_bootstrap_files(row.hyp, b.hyp, row.ref, n_samples=n_samples, seed=seed,
+                                     metric=row.metric, tgt_lang=row.tgt_lang)
+        df.at[i, "p_value_vs_baseline"] = sig.p_value
+    return df
+
+
+def directions(pairs: Iterable[str]) -> list[tuple[str, str]]:
+    """(pair, direction) columns: for each pair "{lmr}-{hmr}" first hmr->lmr, then lmr->hmr."""
+    out = []
+    for pair in pairs:
+        lmr, hmr = pair.split("-")
+        out += [(pair, f"{hmr}-{lmr}"), (pair, f"{lmr}-{hmr}")]
+    return out
+
+
+def _systems(df: pd.DataFrame) -> list[str]:
+    others = sorted(set(df.system) - set(SYSTEMS) - {COPY})
+    return list(SYSTEMS) + others
+
+
+def main_table(df: pd.DataFrame, metric: str, pairs: list[str], split: str = "test", baseline: str = "xlm"):
+    """Cells of the main table: (columns, {system: [cell or None]}) with cell = (score, bold, significant)."""
+    cols = directions(pairs)
+    sub = df[(df.metric == metric) & (df.split == split)].set_index(["system", "pair", "direction"])
+    cells = {}
+    for system in _systems(df):
+        row = []
+        for pair, direction in cols:
+            if (system, pair, direction) in sub.index:
+                r = sub.loc[(system, pair, direction)]
+                p = r.p_value_vs_baseline
+                row.append([float(r.score), False, system != baseline and not pd.isna(p) and p < ALPHA])
+            else:
+                row.append(None)
+        cells[system] = row
+    for j in range(len(cols)):
+        present = [cells[s][j] for s in cells if cells[s][j] is not None]
+        if present:
+            best = max(round(c[0], 1) for c in present)
+            for c in present:
+                c[1] = round(c[0], 1) == best
+    return cols, cells
+
+
+def _signatures(df: pd.DataFrame, metric: str, split: str) -> list[str]:
+    sub = df[(df.metric == metric) & (df.split == split) & (df.system != COPY)]
+    return sorted(set(sub.signature))
+
+
+def _copy_row(df: pd.DataFrame, cols, split: str) -> list[float | None]:
+    sub = df[(df.system == COPY) & (df.split == split)].set_index(["pair", "direction"])
+    return [float(sub.loc[c].score) if c in sub.index else None for c in cols]
+
+
+def _arrow(direction: str, tex: bool) -> str:
+    a, b = direction.split("-")
+    return f"{a}$\\rightarrow${b}" if tex else f"{a}→{b}"
+
+
+def _legend(baseline: str, n_samples: int | None) -> str:
+    test = f"paired bootstrap resampling, {n_samples} samples" if n_samples else "paired bootstrap resampling"
+    return f"best per column in bold; † = significantly different from {SYSTEMS.get(baseline, baseline)} ({test}, p < {ALPHA})"
+
+
+def markdown_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None) -> str:
+    cols, cells = main_table(df, metric, pairs, split, baseline)
+    lines = [f"## {METRIC_TITLES.get(metric, metric)}, {split} set", ""]
+    lines.append("| System | " + " | ".join(_arrow(d, False) for _, d in cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    for system, row in cells.items():
+        out = []
+        for c in row:
+            if c is None:
+                out.append(MISSING_MD)
+            else:
+                s = f"{c[0]:.1f}" + ("†" if c[2] else "")
+                out.append(f"**{s}**" if c[1] else s)
+        lines.append(f"| {SYSTEMS.get(system, system)} | " + " | ".join(out) + " |")
+    lines += ["", _legend(baseline, n_samples) + "."]
+    if metric == "bleu":
+        copy = _copy_row(df, cols, split)
+        if any(v is not None for v in copy):
+            lines.append("Copy baseline (source sentence as translation), BLEU: " + ", ".join(
+                f"{_arrow(d, False)} {MISSING_MD if v is None else f'{v:.1f}'}" for (_, d), v in zip(cols, copy)) + ".")
+    for sig in _signatures(df, metric, split):
+        lines.append(f"Signature: `{sig}`")
+    return "\n".join(lines) + "\n"
+
+
+def _tex_escape(s: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    return "".join(repl.get(ch, ch) for ch in s)
+
+
+def latex_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None) -> str:
+    cols, cells = main_table(df, metric, pairs, split, baseline)
+    title = METRIC_TITLES.get(metric, metric)
+    lines = [f"% {title}, {split} set", r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * len(cols) + "}",
+             r"\toprule"]
+    lines.append(" & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{{_tex_escape(p)}}}" for p in pairs) + r" \\")
+    lines.append("System & " + " & ".join(_arrow(d, True) for _, d in cols) + r" \\")
+    lines.append(r"\midrule")
+    for system, row in cells.items():
+        out = []
+        for c in row:
+            if c is None:
+                out.append(MISSING_TEX)
+            else:
+                s = f"{c[0]:.1f}"
+                out.append((rf"\textbf{{{s}}}" if c[1] else s) + (r"$^\dagger$" if c[2] else ""))
+        lines.append(_tex_escape(SYSTEMS.get(system, system)) + " & " + " & ".join(out) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    legend = _tex_escape(_legend(baseline, n_samples)).replace("†", r"$^\dagger$").replace("p < ", "$p<$ ")
+    sigs = "; ".join(rf"\texttt{{{_tex_escape(s)}}}" for s in _signatures(df, metric, split))
+    lines.append(rf"\caption{{{_tex_escape(title)}, {split} set; {legend}.}}")
+    if sigs:
+        lines.append(rf"\par\footnotesize Signature: {sigs}")
+    lines += [rf"\label{{tab:{metric.replace('_', '-')}-{split}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tsv(df: pd.DataFrame, path) -> None:
+    out = df[TSV_COLUMNS].copy()
+    out["score"] = out["score"].map(lambda v: f"{v:.4f}")
+    out["p_value_vs_baseline"] = out["p_value_vs_baseline"].map(lambda v: "NA" if pd.isna(v) else f"{v:.4g}")
+    atomic_write_text(path, out.to_csv(sep="\t", index=False, lineterminator="\n"))
+
+
+def write_tables(score_jsons, out_dir, baseline: str = "xlm", bootstrap: bool = True, pairs: list[str] | None = None,
+                 n_samples: int = 1000, seed: int = 12345, split: str = "test") -> pd.DataFrame:
+    """Write out_dir/scores.tsv, bleu.md, bleu.tex. pairs: column order (default: order of first appearance)."""
+    df = collect(score_jsons)
+    if bootstrap:
+        df = add_significance(df, baseline, n_samples, seed)
+    pairs = list(pairs) if pairs else list(dict.fromkeys(df.pair))
+    out_dir = Path(out_dir)
+    write_tsv(df, out_dir / "scores.tsv")
+    ns = n_samples if bootstrap else None
+    atomic_write_text(out_dir / "bleu.md", "\n".join(
+        markdown_table(df, m, pairs, split, baseline, ns) for m in ("bleu", "tok_bleu")))
+    atomic_write_text(out_dir / "bleu.tex", "\n".join(
+        latex_table(df, m, pairs, split, baseline, ns) for m in ("bleu", "tok_bleu")))
+    return df
+
+
+# ---- compute (Snakemake benchmark files) ----
+
+def read_benchmark(path) -> pd.DataFrame:
+    """A Snakemake benchmark file: TSV with header s, h:m:s, max_rss, ... (one row per repeat), or JSON lines."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        df = pd.DataFrame([json.loads(l) for l in path.read_text().splitlines() if l.strip()])
+    else:
+        df = pd.read_csv(path, sep="\t", na_values=["NA", "-"])
+    for col in ("s", "max_rss", "cpu_time"):
+        if col not in df.columns:
+            if col == "s":
+                raise ValueError(f"{path} is not a Snakemake benchmark file (no 's' column)")
+            df[col] = math.nan
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    return df
+
+
+def hms(seconds: float) -> str:
+    if seconds is None or pd.isna(seconds):
+        return MISSING_MD
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _split_label(label) -> tuple[str, str]:
+    if isinstance(label, tuple):
+        return str(label[0]), str(label[1]) if len(label) > 1 else ""
+    stage, _, system = str(label).partition("/")
+    return stage, system
+
+
+def write_compute_table(benchmark_files: dict, out) -> pd.DataFrame:
+    """Markdown table of wall time, CPU time and peak RSS per (stage, system).
+
+    Keys: (stage, system) tuples or "stage/system" strings. Repeated measurements: mean time, max memory.
+    """
+    rows = []
+    for label, path in benchmark_files.items():
+        b = read_benchmark(path)
+        stage, system = _split_label(label)
+        rows.append({"stage": stage, "system": system, "runs": len(b), "wall_s": b.s.mean(),
+                     "cpu_s": b.cpu_time.mean(), "max_rss_mb": b.max_rss.max()})
+    df = pd.DataFrame(rows, columns=["stage", "system", "runs", "wall_s", "cpu_s", "max_rss_mb"])
+    lines = ["## Compute", "", "| Stage | System | Wall time (h:m:s) | CPU time (h:m:s) | Peak memory (max RSS, MB) |",
+             "|---|---|---:|---:|---:|"]
+    for r in df.itertuples():
+        mem = MISSING_MD if pd.isna(r.max_rss_mb) else f"{r.max_rss_mb:.0f}"
+        runs = f" (mean of {r.runs})" if r.runs > 1 else ""
+        lines.append(f"| {r.stage} | {SYSTEMS.get(r.system, r.system) or MISSING_MD} | {hms(r.wall_s)}{runs} | "
+                     f"{hms(r.cpu_s)} | {mem} |")
+    peak = df.max_rss_mb.max() if len(df) else math.nan
+    lines.append(f"| **Total** | | {hms(df.wall_s.sum())} | {hms(df.cpu_s.sum(min_count=1))} | "
+                 f"{MISSING_MD if pd.isna(peak) else f'{peak:.0f} (max)'} |")
+    lines += ["", "Wall and CPU time and peak resident memory as measured by Snakemake's `benchmark:` directive "
+                  "(memory not sampled for jobs shorter than the sampling interval: –)."]
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return df

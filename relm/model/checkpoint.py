@@ -1,0 +1,146 @@
+"""relm checkpoints: atomic writing, safe loading (weights_only) and rebuilding models.
+
+Format ("relm-v1"): torch.save of plain python/tensor types only:
+  {"format", "kind": "mlm" | "unmt", "model" (mlm) | "encoder" + "decoder" (unmt): state dicts with XLM key names,
+   "model_config": asdict(ModelConfig), "n_langs", "langs", "words", "counts", "config", ...extra (training state)}.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from relm.config import ModelConfig, from_dict
+from relm.model.transformer import TransformerModel
+
+FORMAT = "relm-v1"
+MODEL_NAMES = {"mlm": ("model",), "unmt": ("encoder", "decoder")}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt, unsafe, or does not match the model/dictionary."""
+
+
+def atomic_save(obj, path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def safe_load(path, map_location="cpu"):
+    """torch.load(weights_only=True); CheckpointError naming the file when missing, truncated, corrupt or unsafe."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # zip/pickle/EOF/RuntimeError all mean the same thing to the user
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ""
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            hint = " (not a relm checkpoint? original XLM/RE-LM checkpoints must be converted with relm.model.xlm)"
+        raise CheckpointError(f"cannot load checkpoint {path}: truncated, corrupt or unsafe file: {msg}{hint}") from e
+
+
+def strip_module_prefix(state: dict) -> dict:
+    """Remove the 'module.' prefix that DistributedDataParallel adds, when every key has it."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _cpu_state(model_or_state) -> dict:
+    if isinstance(model_or_state, torch.nn.Module):
+        model_or_state = getattr(model_or_state, "module", model_or_state)  # DDP
+        model_or_state = getattr(model_or_state, "_orig_mod", model_or_state)  # torch.compile
+        model_or_state = model_or_state.state_dict()
+    state = strip_module_prefix(model_or_state)
+    out, seen = {}, {}
+    for k, v in state.items():  # keep tied tensors shared after moving to the CPU
+        key = (v.data_ptr(), v.shape, v.dtype, v.device)
+        out[k] = seen[key] if key in seen else seen.setdefault(key, v.detach().cpu())
+    return out
+
+
+def save_model(path, kind: str, models: dict, model_config, langs, words, counts, config, **extra) -> None:
+    """Write a relm checkpoint atomically. models: {"model": m} for kind "mlm", {"encoder": e, "decoder": d} for "unmt"
+    (modules or state dicts). `extra` (optimizer, step, epoch, rng, best_metrics, history, ...) is stored as is."""
+    if kind not in MODEL_NAMES or set(models) != set(MODEL_NAMES[kind]):
+        raise ValueError(f"kind {kind!r} needs models {MODEL_NAMES.get(kind)}, got {sorted(models)}")
+    if dataclasses.is_dataclass(model_config):
+        model_config = dataclasses.asdict(model_config)
+    obj = {"format": FORMAT, "kind": kind}
+    obj.update({name: _cpu_state(m) for name, m in models.items()})
+    obj.update(model_config=dict(model_config), n_langs=len(langs), langs=list(langs), words=list(words),
+               counts=[int(c) for c in counts], config=config)
+    obj.update(extra)
+    atomic_save(obj, path)
+
+
+@dataclass
+class LoadedModel:
+    encoder: TransformerModel  # the MLM itself for kind "mlm"
+    decoder: TransformerModel | None
+    words: list[str]
+    counts: list[int]
+    langs: list[str]
+    model_config: ModelConfig
+    config: dict
+    kind: str = "mlm"
+    raw: dict | None = None  # the whole checkpoint (training state for resuming)
+
+
+def build_and_load(state: dict, cfg: ModelConfig, n_words: int, n_langs: int, is_decoder: bool, where: str = "",
+                   device="cpu") -> TransformerModel:
+    """Build a TransformerModel and load `state` strictly, with a clear error on any mismatch."""
+    model = TransformerModel(cfg, n_words, n_langs, is_decoder)
+    state = strip_module_prefix(state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: weights do not match the model (n_words={n_words}, n_langs={n_langs}, "
+                              f"decoder={is_decoder}): {e}") from e
+    return model.to(device)
+
+
+def load_model(path, device="cpu", keep_raw: bool = False) -> LoadedModel:
+    """Rebuild the model(s) of a relm checkpoint; models are returned in eval mode on `device`."""
+    ck = safe_load(path)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a relm checkpoint (format {ck.get('format') if isinstance(ck, dict) else None!r})")
+    kind = ck.get("kind")
+    if kind not in MODEL_NAMES:
+        raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")
+    cfg = from_dict(ModelConfig, ck["model_config"], "model.")
+    n_words, n_langs = len(ck["words"]), int(ck["n_langs"])
+    if kind == "mlm":
+        enc = build_and_load(ck["model"], cfg, n_words, n_langs, False, f"{path} [model]", device)
+        dec = None
+    else:
+        enc = build_and_load(ck["encoder"], cfg, n_words, n_langs, False, f"{path} [encoder]", device)
+        dec = build_and_load(ck["decoder"], cfg, n_words, n_langs, True, f"{path} [decoder]", device).eval()
+    return LoadedModel(enc.eval(), dec, list(ck["words"]), list(ck["counts"]), list(ck["langs"]), cfg,
+                       ck.get("config") or {}, kind, ck if keep_raw else None)

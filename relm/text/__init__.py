@@ -1,0 +1,1 @@
+"""Text processing: downloads, the synthetic demo pair, tokenization, BPE, vocabularies."""

@@ -1,0 +1,137 @@
+"""BPE: learn codes with subword-nmt, apply them with our own cached applier (same output as subword-nmt's apply_bpe).
+
+RE-LM used fastBPE; subword-nmt implements the same algorithm (codes file: optional "#version: 0.2" line, then one
+"left right" merge per line, in merge order). Segmented words are joined with "@@ " as in both tools.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import subword_nmt.learn_bpe as _learn
+from tqdm import tqdm
+
+from relm.text.errors import InputError, eprint
+from relm.text.fetch import atomic_output
+from relm.text.tokenize import iter_lines
+
+SEP = "@@"
+EOW = "</w>"
+
+
+def count_words(inputs: list[str | Path]) -> Counter:
+    """Word counts over the concatenated inputs, split on single spaces, in order of first occurrence."""
+    counts: Counter = Counter()
+    for path in inputs:
+        for line in iter_lines(path):
+            counts.update(w for w in line.strip(" ").split(" ") if w)
+    return counts
+
+
+def learn_codes(
+    inputs: list[str | Path], codes_out: str | Path, merges: int, min_frequency: int = 2, log: Callable = eprint
+) -> int:
+    """Learn `merges` BPE merges jointly on all `inputs` (tokenized text); returns the number of merges written.
+
+    Equals `cat inputs | subword-nmt learn-bpe -s merges` (ties between equally frequent words follow first occurrence).
+    """
+    counts = count_words(inputs)
+    if any("\r" in w for w in counts):  # subword-nmt's dict reader would strip it and mangle the word
+        raise InputError(f"tokens in {inputs} contain carriage returns; tokenize the text first")
+    as_dict = io.StringIO("".join(f"{w} {c}\n" for w, c in counts.items()))
+    # subword-nmt shows a progress bar unconditionally; keep it for terminals only (logs of cluster jobs stay clean)
+    bar, _learn.tqdm = _learn.tqdm, functools.partial(tqdm, disable=not sys.stderr.isatty(), file=sys.stderr)
+    try:
+        with atomic_output(codes_out) as f:
+            _learn.learn_bpe(as_dict, f, merges, min_frequency=min_frequency, is_dict=True)
+    finally:
+        _learn.tqdm = bar
+    n = sum(1 for _ in open(codes_out, encoding="utf-8")) - 1
+    log(f"bpe: learned {n} merges from {len(counts)} word types ({sum(counts.values())} tokens) -> {codes_out}")
+    if n < merges:
+        log(f"bpe: warning: only {n} of {merges} merges (no pair left with frequency >= {min_frequency})")
+    return n
+
+
+class BPE:
+    """Applies a codes file to tokenized text; results are cached per word."""
+
+    def __init__(self, codes_path: str | Path):
+        lines = Path(codes_path).read_text(encoding="utf-8").rstrip("\n").split("\n")
+        self.version = (0, 1)
+        if lines and lines[0].startswith("#version:"):
+            self.version = tuple(int(x) for x in re.sub(r"(\.0+)*$", "", lines[0].split()[-1]).split("."))
+            lines = lines[1:]
+        if self.version not in ((0, 1), (0, 2)):
+            raise InputError(f"{codes_path}: unsupported BPE codes version {self.version}")
+        self.ranks: dict[tuple[str, str], int] = {}
+        for i, line in enumerate(lines):
+            pair = tuple(line.strip("\r\n ").split(" "))
+            if len(pair) != 2:
+                if i == 0 and line == "":  # codes file with no merges
+                    break
+                raise InputError(f"{codes_path}:{i + 1 + (self.version != (0, 1))}: expected 'left right', got {line!r}")
+            self.ranks.setdefault(pair, i)  # a repeated merge keeps its first rank
+        self.cache: dict[str, tuple[str, ...]] = {}
+        self._joined: dict[str, str] = {}  # word -> its pieces joined with "@@ "
+
+    def segment_word(self, word: str) -> tuple[str, ...]:
+        if (hit := self.cache.get(word)) is not None:
+            return hit
+        if len(word) == 1:
+            return (word,)
+        if self.version == (0, 1):
+            syms = list(word) + [EOW]
+        else:  # 0.2: the end-of-word mark is glued to the last character
+            syms = list(word[:-1]) + [word[-1] + EOW]
+        ranks = self.ranks
+        while len(syms) > 1:
+            best = min(
+                ((ranks[p], p) for p in zip(syms, syms[1:]) if p in ranks), default=None, key=lambda rp: rp[0]
+            )
+            if best is None:
+                break
+            left, right = best[1]
+            merged, i = [], 0
+            while i < len(syms):  # merge every occurrence, left to right, never overlapping
+                if i + 1 < len(syms) and syms[i] == left and syms[i + 1] == right:
+                    merged.append(left + right)
+                    i += 2
+                else:
+                    merged.append(syms[i])
+                    i += 1
+            syms = merged
+        if syms[-1] == EOW:
+            syms.pop()
+        elif syms[-1].endswith(EOW):
+            syms[-1] = syms[-1][: -len(EOW)]
+        self.cache[word] = out = tuple(syms)
+        return out
+
+    def apply_line(self, line: str) -> str:
+        """Tokenized line -> BPE line (subword-nmt's apply_bpe output for a line without surrounding spaces)."""
+        joined = self._joined
+        out = []
+        for word in line.strip("\r\n ").split(" "):
+            if word:
+                if (seg := joined.get(word)) is None:
+                    joined[word] = seg = (SEP + " ").join(self.segment_word(word))
+                out.append(seg)
+        return " ".join(out)
+
+
+def apply_file(codes: str | Path, inp: str | Path, out: str | Path, log: Callable = eprint) -> int:
+    """Apply `codes` to every line of `inp` (atomic write); returns the number of lines."""
+    bpe = BPE(codes)
+    n = 0
+    with atomic_output(out) as f:
+        for line in iter_lines(inp):
+            f.write(bpe.apply_line(line) + "\n")
+            n += 1
+    log(f"bpe: applied {codes} to {inp} -> {out} ({n} lines, {len(bpe.cache)} word types)")
+    return n

@@ -1,0 +1,1 @@
+"""Training loops: masked LM and unsupervised NMT, with checkpoints, resume, signals, AMP and DDP."""

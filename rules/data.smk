@@ -1,0 +1,37 @@
+# Acquisition: the synthetic demo pair, local copies and verified downloads (with deterministic sampling).
+
+
+rule synth:
+    output:
+        directory("data/synth/{name}"),
+    params:
+        hmr=lambda w: config["synthetic"][w.name]["hmr"],
+        lmr=lambda w: config["synthetic"][w.name]["lmr"],
+        settings=lambda w: json.dumps(
+            {k: v for k, v in config["synthetic"][w.name].items() if k not in ("hmr", "lmr")}, sort_keys=True
+        ),
+        seed=config.get("seed", 0),
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/synth/{name}.log",
+    shell:
+        "relm synth --out-dir {output} --hmr {params.hmr} --lmr {params.lmr} --seed {params.seed} "
+        "--settings {params.settings:q} > {log} 2>&1"
+
+
+rule fetch:
+    input:
+        unpack(fetch_inputs),
+    output:
+        "data/{group}/raw/{split}.{lang}",
+    params:
+        source=fetch_source,
+        lines=lambda w: source_of(w).get("lines", 0),
+        seed=config.get("seed", 0),
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/fetch/{group}.{split}.{lang}.log",
+    shell:
+        "relm fetch --source {params.source:q} --out {output} --lines {params.lines} --seed {params.seed} > {log} 2>&1"

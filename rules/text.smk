@@ -1,0 +1,143 @@
+# Text to tensors: Moses tokenization, BPE (HMR-only and joint codes), vocabularies, RE-LM vocabulary
+# extension (its N flows on through a checkpoint) and binarization.
+
+
+rule tokenize:
+    input:
+        "data/{group}/raw/{split}.{lang}",
+    output:
+        "data/{group}/tok/{split}.{lang}",
+    threads: config.get("threads", 1)
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/tokenize/{group}.{split}.{lang}.log",
+    benchmark:
+        "benchmarks/tokenize/{group}.{split}.{lang}.tsv"
+    shell:
+        "relm tokenize --input {input} --output {output} --lang {wildcards.lang} --threads {threads} > {log} 2>&1"
+
+
+rule bpe_learn_hmr:
+    input:
+        "data/{lang}/tok/train.{lang}",
+    output:
+        "data/{lang}/codes.{lang}",
+    params:
+        merges=config["bpe"]["hmr_merges"],
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/bpe_learn_hmr/{lang}.log",
+    benchmark:
+        "benchmarks/bpe_learn_hmr/{lang}.tsv"
+    shell:
+        "relm bpe learn --inputs {input} --codes {output} --merges {params.merges} > {log} 2>&1"
+
+
+rule bpe_learn_joint:
+    input:
+        hmr=f"data/{HMR}/tok/train.{HMR}",
+        lmr=lambda w: f"data/{w.pair}/tok/train.{lmr_of(w.pair)}",
+    output:
+        "data/{pair}/codes.{pair}",
+    params:
+        merges=config["bpe"]["joint_merges"],
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/bpe_learn_joint/{pair}.log",
+    benchmark:
+        "benchmarks/bpe_learn_joint/{pair}.tsv"
+    shell:
+        "relm bpe learn --inputs {input.hmr} {input.lmr} --codes {output} --merges {params.merges} > {log} 2>&1"
+
+
+rule bpe_apply:
+    input:
+        text=tok_input,
+        codes=codes_of,
+    output:
+        "data/{group}/bpe-{codes}/{split}.{lang}",
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/bpe_apply/{group}.{codes}.{split}.{lang}.log",
+    benchmark:
+        "benchmarks/bpe_apply/{group}.{codes}.{split}.{lang}.tsv"
+    shell:
+        "relm bpe apply --codes {input.codes} --input {input.text} --output {output} > {log} 2>&1"
+
+
+rule vocab_hmr:
+    input:
+        "data/{lang}/bpe-hmr/train.{lang}",
+    output:
+        "data/{lang}/vocab.{lang}",
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/vocab_hmr/{lang}.log",
+    shell:
+        "relm vocab count --inputs {input} --output {output} > {log} 2>&1"
+
+
+rule vocab_lmr:
+    input:
+        lambda w: f"data/{w.pair}/bpe-joint/train.{lmr_of(w.pair)}",
+    output:
+        "data/{pair}/vocab.{lang}",
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/vocab_lmr/{pair}.{lang}.log",
+    shell:
+        "relm vocab count --inputs {input} --output {output} > {log} 2>&1"
+
+
+rule vocab_joint:
+    input:
+        hmr=f"data/{{pair}}/bpe-joint/train.{HMR}",
+        lmr=lambda w: f"data/{w.pair}/bpe-joint/train.{lmr_of(w.pair)}",
+    output:
+        "data/{pair}/vocab.joint",
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/vocab_joint/{pair}.log",
+    shell:
+        "relm vocab count --inputs {input.hmr} {input.lmr} --output {output} > {log} 2>&1"
+
+
+checkpoint extend_vocab:
+    input:
+        hmr=f"data/{HMR}/vocab.{HMR}",
+        lmr=lambda w: f"data/{w.pair}/vocab.{lmr_of(w.pair)}",
+    output:
+        sidecar="data/{pair}/vocab.{pair}-ext.json",
+    params:
+        lmr=lambda w: lmr_of(w.pair),
+        hmr=HMR,
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/extend_vocab/{pair}.log",
+    shell:
+        "relm vocab extend --hmr-vocab {input.hmr} --lmr-vocab {input.lmr} --out-dir data/{wildcards.pair} "
+        "--lmr {params.lmr} --hmr {params.hmr} > {log} 2>&1"
+
+
+rule binarize:
+    input:
+        text=binarize_text,
+        vocab=binarize_vocab,
+    output:
+        multiext("data/{group}/bin-{dic}/{split}.{lang}", json=".json", tok=".tok.npy", off=".off.npy"),
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/binarize/{group}.{dic}.{split}.{lang}.log",
+    benchmark:
+        "benchmarks/binarize/{group}.{dic}.{split}.{lang}.tsv"
+    shell:
+        "relm binarize --input {input.text} --vocab {input.vocab} --output {output.json} --lang {wildcards.lang} > {log} 2>&1"

@@ -1,0 +1,31 @@
+# Unsupervised NMT (denoising auto-encoding + online back-translation), one run per system and pair,
+# encoder and decoder initialized from the system's MLM.
+
+
+rule unmt:
+    input:
+        init="models/{pair}/{system}/mlm/model.pt",
+        vocab=system_vocab,
+        train=lambda w: unmt_corpora(w, "train").values(),
+        valid=lambda w: unmt_corpora(w, "valid").values(),
+        test=lambda w: unmt_corpora(w, "test").values(),
+    output:
+        model="models/{pair}/{system}/unmt/model.pt",
+        metrics="models/{pair}/{system}/unmt/metrics.jsonl",
+    params:
+        relm=relm_launcher(),
+        run_dir="models/{pair}/{system}/unmt",
+        settings=lambda w: settings_json(unmt_settings(w.system, w.pair)),
+        corpora=lambda w: " ".join(corpus_args(f"--{s}", unmt_corpora(w, s)) for s in ("train", "valid", "test")),
+    threads: config.get("threads", 1)
+    resources:
+        runtime=runtime("unmt"),
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/unmt/{pair}.{system}.log",
+    benchmark:
+        "benchmarks/unmt/{pair}.{system}.tsv"
+    shell:
+        "{params.relm} train unmt --run-dir {params.run_dir} --settings {params.settings:q} --vocab {input.vocab} "
+        "{params.corpora} --init {input.init} --out {output.model} --metrics {output.metrics} > {log} 2>&1"

@@ -1,0 +1,209 @@
+"""Results tables (TSV, Markdown, LaTeX), the compute table and the plots, on hand-written inputs."""
+import json
+import random
+
+import matplotlib.image
+import pandas as pd
+import pytest
+
+from relm.evaluate.plots import plot_bleu_bars, plot_curves
+from relm.evaluate.score import score_file
+from relm.evaluate.tables import TSV_COLUMNS, collect, write_compute_table, write_tables
+
+SIG = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+TSIG = "nrefs:1|case:mixed|eff:no|tok:none|smooth:none|version:2.6.0|pretok:relm-moses-en"
+CSIG = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"
+
+# (pair, system, direction, split) -> (bleu, tok_bleu). relm_adapters was not run; sq-en has en->sq only.
+SCORES = {
+    ("mk-en", "xlm", "en-mk", "test"): (10.0, 11.0),
+    ("mk-en", "xlm", "mk-en", "test"): (12.0, 13.5),
+    ("mk-en", "relm", "en-mk", "test"): (15.04, 16.0),
+    ("mk-en", "relm", "mk-en", "test"): (11.96, 14.25),  # rounds to 12.0: tie with XLM, both bold
+    ("mk-en", "relm", "mk-en", "valid"): (99.0, 99.0),  # not in the main table
+    ("sq-en", "xlm", "en-sq", "test"): (20.0, 19.0),
+    ("sq-en", "relm", "en-sq", "test"): (25.0, 18.0),
+}
+
+
+def hand_written(tmp_path, scores=SCORES):
+    paths = []
+    for i, ((pair, system, direction, split), (bleu, tok)) in enumerate(scores.items()):
+        src, tgt = direction.split("-")
+        d = {"pair": pair, "system": system, "direction": direction, "split": split, "src_lang": src, "tgt_lang": tgt,
+             "n_lines": 3000, "hyp": f"hyp.{i}", "ref": f"ref.{direction}",
+             "metrics": {"bleu": {"score": bleu, "signature": SIG}, "chrf": {"score": 40.0, "signature": CSIG},
+                         "tok_bleu": {"score": tok, "signature": TSIG}},
+             "copy_bleu": 1.5 if system == "xlm" else None}
+        p = tmp_path / f"{i}.json"
+        p.write_text(json.dumps(d))
+        paths.append(p)
+    return paths
+
+
+def section(md: str, title_start: str) -> list[str]:
+    """Lines of the Markdown table whose heading starts with title_start."""
+    block = md.split("## " + title_start, 1)[1].split("\n## ", 1)[0]
+    return [l for l in block.splitlines() if l.startswith("|")]
+
+
+def test_markdown_layout(tmp_path):
+    write_tables(hand_written(tmp_path), tmp_path / "out", bootstrap=False)
+    md = (tmp_path / "out" / "bleu.md").read_text()
+    t = section(md, "Detokenized BLEU")
+    assert t[0] == "| System | en→mk | mk→en | en→sq | sq→en |"
+    assert t[2] == "| XLM | 10.0 | **12.0** | 20.0 | – |"
+    assert t[3] == "| RE-LM | **15.0** | **12.0** | **25.0** | – |"
+    assert t[4] == "| RE-LM + adapters | – | – | – | – |"
+    assert len(t) == 5 and "99.0" not in md and "†" not in "".join(t)
+    tok = section(md, "Tokenized BLEU")
+    assert tok[2] == "| XLM | 11.0 | 13.5 | **19.0** | – |"
+    assert tok[3] == "| RE-LM | **16.0** | **14.2** | 18.0 | – |"
+    assert f"Signature: `{SIG}`" in md and f"Signature: `{TSIG}`" in md
+    assert md.index("Detokenized BLEU") < md.index("Tokenized BLEU")
+    assert "Copy baseline" in md and "en→mk 1.5" in md and "sq→en –" in md
+
+
+def test_pair_order_argument(tmp_path):
+    write_tables(hand_written(tmp_path), tmp_path, bootstrap=False, pairs=["sq-en", "mk-en"])
+    t = section((tmp_path / "bleu.md").read_text(), "Detokenized")
+    assert t[0] == "| System | en→sq | sq→en | en→mk | mk→en |"
+    assert t[3] == "| RE-LM | **25.0** | – | **15.0** | **12.0** |"
+
+
+def test_unknown_system_gets_own_row(tmp_path):
+    scores = {**SCORES, ("mk-en", "mine", "en-mk", "test"): (30.0, 30.0)}
+    write_tables(hand_written(tmp_path, scores), tmp_path, bootstrap=False)
+    t = section((tmp_path / "bleu.md").read_text(), "Detokenized")
+    assert t[5] == "| mine | **30.0** | – | – | – |" and t[3].startswith("| RE-LM | 15.0 |")
+
+
+def test_latex_layout(tmp_path):
+    write_tables(hand_written(tmp_path), tmp_path, bootstrap=False)
+    tex = (tmp_path / "bleu.tex").read_text()
+    assert tex.count(r"\begin{table}") == 2 and tex.count(r"\end{tabular}") == 2
+    first = tex.split(r"\end{table}")[0]
+    assert r"\multicolumn{2}{c}{mk-en} & \multicolumn{2}{c}{sq-en}" in first
+    assert r"System & en$\rightarrow$mk & mk$\rightarrow$en & en$\rightarrow$sq & sq$\rightarrow$en \\" in first
+    assert r"XLM & 10.0 & \textbf{12.0} & 20.0 & -- \\" in first
+    assert r"RE-LM + adapters & -- & -- & -- & -- \\" in first
+    assert r"\texttt{nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0}" in first
+    assert "Detokenized BLEU" in first and "Tokenized BLEU" in tex.split(r"\end{table}")[1]
+
+
+def test_tsv(tmp_path):
+    df = write_tables(hand_written(tmp_path), tmp_path, bootstrap=False)
+    tsv = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
+    assert list(tsv.columns) == TSV_COLUMNS
+    # 7 runs x 3 metrics + copy BLEU once per (pair, direction, split) that has it
+    assert len(tsv) == 7 * 3 + 3 == len(df)
+    row = tsv[(tsv.system == "relm") & (tsv.direction == "en-mk") & (tsv.metric == "tok_bleu")].iloc[0]
+    assert (row.pair, row.split, row.score, row.signature) == ("mk-en", "test", 16.0, TSIG)
+    assert tsv.p_value_vs_baseline.isna().all()
+    assert set(tsv[tsv.system == "copy"].score) == {1.5}
+
+
+def test_duplicate_scores_rejected(tmp_path):
+    paths = hand_written(tmp_path)
+    with pytest.raises(ValueError, match="duplicate"):
+        collect(paths + paths[:1])
+
+
+def _write(path, lines):
+    path.write_text("".join(l + "\n" for l in lines))
+    return path
+
+
+def test_significance_marks(tmp_path):
+    rnd = random.Random(1)
+    words = "the a cat dog sat ran on under mat house red blue big small old new".split()
+    refs = [" ".join(rnd.choice(words) for _ in range(12)) + "." for _ in range(120)]
+    base = [" ".join(rnd.choice(words) for _ in range(12)) + "." for _ in range(120)]
+    good = [r if i % 3 else " ".join(r.split()[:5]) for i, r in enumerate(refs)]
+    ref = _write(tmp_path / "test.en", refs)
+    jsons = []
+    for system, hyps in (("xlm", base), ("relm", good), ("relm_adapters", base)):
+        hyp = _write(tmp_path / f"{system}.en", hyps)
+        meta = {"pair": "mk-en", "system": system, "direction": "mk-en", "split": "test"}
+        jsons.append(score_file(hyp, ref, "en", meta=meta, out=tmp_path / f"{system}.json") and tmp_path / f"{system}.json")
+    df = write_tables(jsons, tmp_path / "t", n_samples=200)
+    p = df.set_index(["system", "metric"]).p_value_vs_baseline
+    assert p["relm", "bleu"] < 0.05 and p["relm", "chrf"] < 0.05 and p["relm", "tok_bleu"] < 0.05
+    assert p["relm_adapters", "bleu"] == 1.0 and pd.isna(p["xlm", "bleu"])
+    t = section((tmp_path / "t" / "bleu.md").read_text(), "Detokenized")
+    assert "†" in t[3] and t[3].startswith("| RE-LM | – | **") and "†" not in t[2] + t[4]
+    assert "p < 0.05" in (tmp_path / "t" / "bleu.md").read_text()
+    tsv = pd.read_csv(tmp_path / "t" / "scores.tsv", sep="\t")
+    assert tsv[tsv.system == "relm"].p_value_vs_baseline.max() < 0.05
+    assert r"$^\dagger$" in (tmp_path / "t" / "bleu.tex").read_text()
+
+
+HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+
+
+def test_compute_table(tmp_path):
+    a = tmp_path / "a.tsv"
+    a.write_text(HEADER + "3725.4\t1:02:05\t2048.6\t3000\t1900\t1950\t1.0\t2.0\t95.5\t3600.2\n")
+    b = tmp_path / "b.tsv"  # two repeats: mean time, max memory
+    b.write_text(HEADER + "10\t0:00:10\t100\t1\t1\t1\t1\t1\t1\t5\n" + "20\t0:00:20\t300\t1\t1\t1\t1\t1\t1\t15\n")
+    c = tmp_path / "c.tsv"  # a job too short for memory sampling
+    c.write_text(HEADER + "0.2\t0:00:00\tNA\tNA\tNA\tNA\tNA\tNA\tNA\tNA\n")
+    out = tmp_path / "results" / "compute.md"
+    df = write_compute_table({("unmt", "relm"): a, "mlm/xlm": b, "tokenize": c}, out)
+    md = out.read_text().splitlines()
+    assert "| unmt | RE-LM | 1:02:05 | 1:00:00 | 2049 |" in md
+    assert "| mlm | XLM | 0:00:15 (mean of 2) | 0:00:10 | 300 |" in md
+    assert "| tokenize | – | 0:00:00 | – | – |" in md
+    assert "| **Total** | | 1:02:21 | 1:00:10 | 2049 (max) |" in md
+    assert list(df.stage) == ["unmt", "mlm", "tokenize"]
+
+
+def test_compute_table_from_snakemake_writer(tmp_path):
+    bench = pytest.importorskip("snakemake.benchmark")
+    rec = bench.BenchmarkRecord(running_time=65.3, max_rss=512.25, cpu_time=60.0)
+    rec.data_collected = True
+    path = tmp_path / "bench.tsv"
+    bench.write_benchmark_records([rec], str(path), extended_fmt=False)
+    write_compute_table({"bpe/relm": path}, tmp_path / "compute.md")
+    assert "| bpe | RE-LM | 0:01:05 | 0:01:00 | 512 |" in (tmp_path / "compute.md").read_text()
+
+
+def _metrics(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"epoch": 9, "st')  # torn last line
+    return path
+
+
+def _nontrivial_png(path):
+    assert path.stat().st_size > 10_000
+    img = matplotlib.image.imread(path)
+    assert img.shape[0] > 200 and img.shape[1] > 400 and img[..., :3].std() > 0.05
+
+
+def test_plot_curves(tmp_path):
+    mlm = _metrics(tmp_path / "mlm.jsonl", [
+        {"epoch": e, "step": 100 * e, "time_s": e, "valid_mk_mlm_ppl": 500 / (e + 1), "valid_en_mlm_ppl": 300 / (e + 1),
+         "valid_mlm_ppl": 400 / (e + 1)} for e in range(5)] + [{"epoch": 5, "step": 550, "train_loss": 3.0}])
+    unmt = _metrics(tmp_path / "unmt.jsonl", [
+        {"epoch": e, "step": 50 * e, "time_s": e, "valid_en-mk_mt_bleu": e * 1.5, "valid_mk-en_mt_bleu": e * 2.0,
+         "valid_mk-en_mt_ppl": 30.0} for e in range(4)])
+    out = tmp_path / "plots" / "curves.mk-en.png"
+    got = plot_curves({"relm/mlm": mlm, "relm/unmt": unmt}, out, title="mk-en")
+    assert sorted(got["mlm_ppl"]) == ["relm/mlm en", "relm/mlm mk"]
+    assert sorted(got["mt_bleu"]) == ["relm/unmt en→mk", "relm/unmt mk→en"]
+    _nontrivial_png(out)
+
+
+def test_plot_curves_missing_metrics(tmp_path):
+    mlm = _metrics(tmp_path / "mlm.jsonl", [{"epoch": 0, "step": 10, "valid_mk_mlm_ppl": float("nan")},
+                                           {"epoch": 1, "step": 20, "valid_mk_mlm_ppl": 50.0}])
+    out = tmp_path / "c.png"
+    got = plot_curves({"xlm/mlm": mlm, "xlm/unmt": tmp_path / "not-yet.jsonl"}, out)
+    assert got == {"mlm_ppl": ["xlm/mlm mk"], "mt_bleu": []}
+    _nontrivial_png(out)
+
+
+def test_plot_bleu_bars(tmp_path):
+    write_tables(hand_written(tmp_path), tmp_path, bootstrap=False)
+    out = tmp_path / "bars.png"
+    plot_bleu_bars(tmp_path / "scores.tsv", out)
+    _nontrivial_png(out)
