@@ -63,7 +63,7 @@ def test_counts_and_format(pair_dir):
             assert line[0].isupper() or line[0].isdigit(), line
             assert line[-1] in ".?" and "  " not in line and " ." not in line and " ," not in line, line
             assert 3 <= len(tok(line)) <= 16, line
-    assert summary["cognates"] == pytest.approx(0.4 * summary["n_concepts"], abs=6)
+    assert summary["cognates"] == pytest.approx(0.5 * summary["n_concepts"], abs=6)
     assert 0 < summary["types"]["hx"] < summary["types"]["lx"]  # LMR inflects more
 
 
@@ -107,34 +107,38 @@ def test_copy_baseline_low(pair_dir):
 
 
 def test_oracle_word_translation_beats_copy(pair_dir):
-    """The parallel sets realize the same concepts: the true lexicon translates them better than copying."""
+    """The parallel sets realize the same concepts: the true lexicon finds most reference words, copying does not."""
     out, _ = pair_dir
     p = SynthPair(0, n_concepts=SMALL["n_concepts"])
     h, l = lines(out / "test.hx"), lines(out / "test.lx")
     for src, ref, side in ((h, l, "hmr"), (l, h, "lmr")):
         hyp = [" ".join(p.word_translate(tok(s), side)) for s in src]
         ref_tok = [" ".join(tok(r)) for r in ref]
-        oracle = sacrebleu.corpus_bleu(hyp, [ref_tok]).score
-        copy = sacrebleu.corpus_bleu([" ".join(tok(s)) for s in src], [ref_tok]).score
-        assert oracle > copy + 2, (side, oracle, copy)
+        # unigram precision: word order differs, so n-gram BLEU of a word-by-word translation stays low
+        oracle = sacrebleu.corpus_bleu(hyp, [ref_tok], force=True).precisions[0]
+        copy = sacrebleu.corpus_bleu([" ".join(tok(s)) for s in src], [ref_tok], force=True).precisions[0]
+        assert oracle > 70 and oracle > copy + 30, (side, oracle, copy)
         assert all(p.analyze(w, side)[0] != "UNK" for s in src for w in tok(s))
 
 
-def shared_fraction(out):
-    """Fraction of LMR word tokens identical to an HMR type or sharing its first 4 letters."""
+def shared_fractions(out):
+    """Fractions of LMR word tokens spelled like an HMR word, and spelled like one or sharing its first 4 letters."""
     h = {w for s in lines(out / "train.hx") for w in tok(s)}
     prefixes = {w.lower()[:4] for w in h if len(w) >= 4}
     words = [w for s in lines(out / "train.lx") for w in tok(s) if w not in ",.?"]
-    return sum(w in h or (len(w) >= 4 and w.lower()[:4] in prefixes) for w in words) / len(words)
+    same = sum(w in h for w in words)
+    near = sum(w in h or (len(w) >= 4 and w.lower()[:4] in prefixes) for w in words)
+    return same / len(words), near / len(words)
 
 
-def test_shared_material_follows_cognate_rate(tmp_path):
-    none = shared_fraction(gen(tmp_path, "none", cognate_rate=0.0)[0])
-    some = shared_fraction(gen(tmp_path, "some", cognate_rate=0.4)[0])
-    most = shared_fraction(gen(tmp_path, "most", cognate_rate=0.8)[0])
-    assert 0.02 < none < 0.12  # names and numbers only
-    assert 0.15 < some < 0.45
-    assert some + 0.08 < most
+@pytest.mark.parametrize("seed", [0, 1])
+def test_shared_material_follows_cognate_rate(tmp_path, seed):
+    none = shared_fractions(gen(tmp_path, "none", seed=seed, cognate_rate=0.0)[0])
+    some = shared_fractions(gen(tmp_path, "some", seed=seed)[0])  # default rate
+    most = shared_fractions(gen(tmp_path, "most", seed=seed, cognate_rate=0.9)[0])
+    assert 0.03 < none[0] <= none[1] < 0.12  # names and numbers only
+    assert 0.17 < some[0] < 0.32 and 0.28 < some[1] < 0.5
+    assert some[0] + 0.08 < most[0] and some[1] + 0.1 < most[1]
 
 
 @settings(max_examples=5, deadline=None)

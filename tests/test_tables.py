@@ -158,6 +158,19 @@ def test_compute_table(tmp_path):
     assert list(df.stage) == ["unmt", "mlm", "tokenize"]
 
 
+@pytest.mark.parametrize("label,stage,system", [
+    ("mlm_mk-en_relm_adapters", "mlm mk-en", "RE-LM + adapters"),
+    ("translate mk-en relm en-mk", "translate mk-en en-mk", "RE-LM"),
+    ("unmt_sq-en_xlm", "unmt sq-en", "XLM"),
+    ("tokenize_en_train", "tokenize en train", "–"),
+])
+def test_compute_table_labels(tmp_path, label, stage, system):
+    a = tmp_path / "a.tsv"
+    a.write_text(HEADER + "61\t0:01:01\t10\t1\t1\t1\t1\t1\t1\t30\n")
+    write_compute_table({label: a}, tmp_path / "c.md")
+    assert f"| {stage} | {system} | 0:01:01 | 0:00:30 | 10 |" in (tmp_path / "c.md").read_text()
+
+
 def test_compute_table_from_snakemake_writer(tmp_path):
     bench = pytest.importorskip("snakemake.benchmark")
     rec = bench.BenchmarkRecord(running_time=65.3, max_rss=512.25, cpu_time=60.0)

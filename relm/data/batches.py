@@ -39,14 +39,14 @@ class StreamBatches:
         tok = np.asarray(tok)
         off = np.asarray(off, dtype=np.int64)
         # EOS before every sentence start except the first (inserting at off[n] = len appends the last one)
-        stream = np.concatenate([[EOS], np.insert(tok, off[1:], EOS)]).astype(np.int64 if tok.dtype != np.uint16 else np.int32)
+        stream = np.concatenate([np.array([EOS], dtype=tok.dtype), np.insert(tok, off[1:], EOS)])
         n = len(stream)
         self.bs, self.bptt, self.seed, self.shuffle = bs, bptt, seed, shuffle
         self.n_batches = max(1, math.ceil(n / (bs * bptt)))
         total = self.n_batches * bptt * bs
         buf = np.full(total, EOS, dtype=stream.dtype)
         buf[total - n:] = stream
-        self.data = torch.from_numpy(buf.reshape(bs, self.n_batches * bptt))
+        self.data = buf.reshape(bs, self.n_batches * bptt)  # kept in the corpus dtype (uint16 for small vocabularies)
         self.n_tokens = n
         self.epoch, self.pos = 0, 0
 
@@ -55,7 +55,7 @@ class StreamBatches:
 
     def batch(self, i: int):
         """x [bs, bptt] (int64), lengths [bs] (all bptt)."""
-        x = self.data[:, i * self.bptt: (i + 1) * self.bptt].long()
+        x = torch.from_numpy(self.data[:, i * self.bptt: (i + 1) * self.bptt].astype(np.int64))
         return x, torch.full((self.bs,), self.bptt, dtype=torch.long)
 
     def eval_batches(self):

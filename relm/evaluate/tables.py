@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -233,17 +234,27 @@ def hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+_SYSTEM_IN_LABEL = re.compile(r"(?:^|(?<=[ _/]))(" + "|".join(sorted(SYSTEMS, key=len, reverse=True)) + r")(?=$|[ _/])")
+
+
 def _split_label(label) -> tuple[str, str]:
+    """(stage, system) from a (stage, system) tuple or a label such as "unmt mk-en relm_adapters" /
+    "unmt_mk-en_relm" / "unmt/relm": the system is the known system name in it, the rest is the stage."""
     if isinstance(label, tuple):
         return str(label[0]), str(label[1]) if len(label) > 1 else ""
-    stage, _, system = str(label).partition("/")
-    return stage, system
+    label = str(label)
+    m = _SYSTEM_IN_LABEL.search(label)
+    if not m:
+        return label.replace("_", " "), ""
+    rest = (label[: m.start()] + " " + label[m.end() :]).replace("_", " ").replace("/", " ")
+    return " ".join(rest.split()), m.group(1)
 
 
 def write_compute_table(benchmark_files: dict, out) -> pd.DataFrame:
     """Markdown table of wall time, CPU time and peak RSS per (stage, system).
 
-    Keys: (stage, system) tuples or "stage/system" strings. Repeated measurements: mean time, max memory.
+    Keys: (stage, system) tuples or labels naming the system anywhere ("unmt mk-en relm", "unmt_mk-en_relm",
+    "unmt/relm"; see _split_label). Rows keep the given order. Repeated measurements: mean time, max memory.
     """
     rows = []
     for label, path in benchmark_files.items():

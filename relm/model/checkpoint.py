@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +59,20 @@ def safe_load(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip/pickle/EOF/RuntimeError all mean the same thing to the user
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             hint = " (not a relm checkpoint? original XLM/RE-LM checkpoints must be converted with relm.model.xlm)"
-        raise CheckpointError(f"cannot load checkpoint {path}: truncated, corrupt or unsafe file: {msg}{hint}") from e
+        raise CheckpointError(f"cannot load checkpoint {path}: truncated, corrupt or unsafe file: "
+                              f"{load_error_detail(e)}{hint}") from e
+
+
+def load_error_detail(e: Exception) -> str:
+    """The informative line of a torch.load error (torch's weights_only messages are long)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported global" in line or "Can only build" in line:
+            return line.removeprefix("WeightsUnpickler error:").split(" Please use")[0].strip()  # not torch's advice
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
 def strip_module_prefix(state: dict) -> dict:

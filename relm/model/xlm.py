@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from relm.config import ModelConfig
-from relm.model.checkpoint import CheckpointError, build_and_load, save_model, strip_module_prefix
+from relm.model.checkpoint import CheckpointError, build_and_load, load_error_detail, save_model, strip_module_prefix
 
 SPECIALS = 14  # <s> </s> <pad> <unk> <special0..9>
 
@@ -37,19 +37,15 @@ def load_xlm_checkpoint(path) -> dict:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        text = str(e)
-        detail = next((line.strip() for line in text.splitlines()
-                       if "GLOBAL" in line or "global" in line.lower() and "unsupported" in line.lower()
-                       or "Can only build" in line), text.strip().splitlines()[-1] if text.strip() else type(e).__name__)
-        raise CheckpointError(f"refused or failed to read XLM checkpoint {path}: {detail}") from e
+        raise CheckpointError(f"refused or failed to read XLM checkpoint {path}: {load_error_detail(e)}") from e
 
 
 def _plain(value):
     """Keep only JSON-like values (for the record of the original params in our config)."""
+    if isinstance(value, np.generic):  # before float: np.float64 is a float subclass
+        return _plain(value.item())
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, (list, tuple)):
         items = [_plain(v) for v in value]
         return None if any(i is _SKIP for i in items) else items

@@ -57,9 +57,13 @@ def _download(url: str, part: Path, retries: int, timeout: float, log: Callable)
                 if have and resp.status != 206:  # server ignored the Range header: start over
                     log(f"fetch: {url} does not support resuming; restarting the download")
                     have = 0
+                want, got = resp.headers.get("Content-Length"), 0
                 with open(part, "ab" if have else "wb") as f:
                     while block := resp.read(CHUNK):
                         f.write(block)
+                        got += len(block)
+                if want is not None and got < int(want):  # http.client does not raise on a short body itself
+                    raise http.client.IncompleteRead(b"", int(want) - got)
             return
         except urllib.error.HTTPError as e:
             if e.code == 416 and have:  # nothing left to fetch: the .part is complete (checked by the caller)

@@ -1,0 +1,177 @@
+"""Tokenization, line reading and BPE (relm.text.tokenize, relm.text.bpe) on small inputs and the real Mk-En sample."""
+import re
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from subword_nmt.apply_bpe import BPE as RefBPE
+from subword_nmt.learn_bpe import learn_bpe as ref_learn_bpe
+
+from relm.text.bpe import BPE, apply_file, learn_codes
+from relm.text.errors import InputError
+from relm.text.tokenize import (
+    check_parallel,
+    detokenize_line,
+    iter_lines,
+    normalize_tokenize_line,
+    remove_bpe,
+    tokenize_file,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "setimes-mk-en"
+N_SAMPLE = 600  # lines of each real file used (keeps the module well under 20 s)
+quiet = lambda *a: None  # noqa: E731
+
+
+@pytest.mark.parametrize(
+    "raw, lang, expected",
+    [
+        ("Тој рече: „Ова е тест“.", "mk", 'Тој рече : " Ова е тест " .'),  # „“ -> ", Cyrillic and case kept
+        ("рече „да,“ и", "mk", 'рече " да " , и'),  # generic quote rule: ," -> ",  (not applied for English)
+        ('He said "yes", then left.', "en", 'He said " yes , " then left .'),  # English rule: ", -> ,"
+        ("wait…", "en", "wait ..."),
+        ("a\u200bb\tc  d", "en", "a b c d"),  # non-printing characters become spaces, spaces collapse
+        ("A co-op in Скопје costs 1\u00a0000 €.", "mk", "A co-op in Скопје costs 1.000 € ."),  # no @-@ split
+        ("２０ （ok）", "en", "20 ( ok )"),  # full-width punctuation and digits replaced
+        ("It’s R&D <b>", "en", "It 's R & D < b >"),  # no XML escaping (&amp; &lt;)
+        ("", "mk", ""),
+    ],
+)
+def test_normalize_tokenize_line(raw, lang, expected):
+    assert normalize_tokenize_line(raw, lang) == expected
+
+
+def test_detokenize_inverts_tokenize():
+    raw = 'Hello, "world"! It\'s (almost) fine.'
+    assert detokenize_line(normalize_tokenize_line(raw, "en"), "en") == raw
+
+
+@pytest.mark.parametrize(
+    "bpe, text",
+    [("a@@ b c@@ d", "ab cd"), ("ab c@@", "ab c"), ("x@@y z", "x@@y z"), ("", ""), ("Ско@@ пје", "Скопје")],
+)
+def test_remove_bpe(bpe, text):
+    assert remove_bpe(bpe) == text
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"a b\r\nc\r\n", "a b\nc\n"),  # CRLF -> LF
+        (b"\xef\xbb\xbfHello\n", "Hello\n"),  # BOM at the start dropped
+        (b"a\n\n\nb\n", "a\n\n\nb\n"),  # empty lines kept (alignment)
+        (b"a\nb", "a\nb\n"),  # missing final newline added
+        (b"a\xe2\x80\xa8b\n", "a b\n"),  # U+2028 is not a line break
+    ],
+)
+def test_tokenize_file_line_handling(tmp_path, content, expected):
+    inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
+    inp.write_bytes(content)
+    n = tokenize_file(inp, out, "en", log=quiet)
+    assert out.read_bytes().decode() == expected
+    assert n == expected.count("\n")
+
+
+@pytest.mark.parametrize(
+    "content, max_len, pattern",
+    [
+        (b"good\nbad \xff\xfe here\n", 100, r"in\.txt:2: invalid UTF-8"),
+        (b"ok\n\xef\xbb\xbfok\n\xc3\n", 100, r"in\.txt:3: invalid UTF-8"),  # truncated multi-byte sequence
+        (b"ok\nok\n" + b"x" * 60 + b"\n", 50, r"in\.txt:3: line has 60 characters, more than the limit 50"),
+    ],
+)
+def test_bad_input_names_file_and_line(tmp_path, content, max_len, pattern):
+    inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
+    inp.write_bytes(content)
+    with pytest.raises(InputError, match=pattern):
+        tokenize_file(inp, out, "en", max_line_len=max_len, log=quiet)
+    assert not out.exists() and list(tmp_path.iterdir()) == [inp]  # no output, no temp file left
+
+
+def test_check_parallel(tmp_path):
+    a, b = tmp_path / "x.en", tmp_path / "x.mk"
+    a.write_text("1\n2\n3\n")
+    b.write_text("1\n2\n3")  # no final newline: still 3 lines
+    assert check_parallel(a, b) == 3
+    b.write_text("1\n2\n")
+    with pytest.raises(InputError, match=rf"{re.escape(str(a))} has 3 lines, {re.escape(str(b))} has 2"):
+        check_parallel(a, b)
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory):
+    """The first N_SAMPLE lines of the Mk-En valid sets, raw and tokenized."""
+    if not (DATA / "valid_raw.mk").exists():
+        pytest.skip(f"real Mk-En sample not found in {DATA}")
+    d = tmp_path_factory.mktemp("real")
+    files = {}
+    for lang in ("en", "mk"):
+        raw = d / f"raw.{lang}"
+        raw.write_text("".join(line + "\n" for line in islice(iter_lines(DATA / f"valid_raw.{lang}"), N_SAMPLE)))
+        tok = d / f"tok.{lang}"
+        tokenize_file(raw, tok, lang, threads=2, chunk_lines=128, log=quiet)
+        files[lang] = (raw, tok)
+    return d, files
+
+
+def test_tokenize_real_mk(real):
+    d, files = real
+    raw, tok = files["mk"]
+    raw_lines, tok_lines = raw.read_text().splitlines(), tok.read_text().split("\n")[:-1]
+    assert len(tok_lines) == len(raw_lines) == N_SAMPLE
+    assert sum(line.count("„") for line in raw_lines) > 50  # the sample really has „…“ quotes
+    assert not any(q in line for line in tok_lines for q in "„“”")
+    assert sum(line.count('"') for line in tok_lines) >= sum(line.count("„") for line in raw_lines)
+    letters = [c for line in tok_lines for c in line if c.isalpha()]
+    assert sum("\u0400" <= c <= "\u04ff" for c in letters) / len(letters) > 0.9  # Cyrillic kept
+    assert tok_lines == [normalize_tokenize_line(line, "mk") for line in raw_lines]  # chunking/pool keep the order
+    single = d / "tok1.mk"
+    tokenize_file(raw, single, "mk", threads=1, log=quiet)
+    assert single.read_bytes() == tok.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def codes(real):
+    d, files = real
+    out = d / "codes"
+    assert learn_codes([files["en"][1], files["mk"][1]], out, merges=300, log=quiet) == 300
+    return out
+
+
+def test_learn_codes_equals_subword_nmt(real, codes):
+    d, files = real
+    cat = d / "cat.tok"
+    cat.write_text(files["en"][1].read_text() + files["mk"][1].read_text())
+    ref = d / "codes.ref"
+    with open(cat, encoding="utf-8") as fi, open(ref, "w", encoding="utf-8") as fo:
+        ref_learn_bpe(fi, fo, 300)
+    assert codes.read_text() == ref.read_text()
+
+
+@pytest.mark.parametrize("version_line", [True, False])  # codes format 0.2 and (header-less) 0.1
+@pytest.mark.parametrize("lang", ["en", "mk"])
+def test_bpe_equals_subword_nmt_and_inverts(real, codes, tmp_path, lang, version_line):
+    d, files = real
+    if not version_line:
+        c = tmp_path / "codes.v01"
+        c.write_text(codes.read_text().split("\n", 1)[1])
+        codes = c
+    tok = files[lang][1]
+    out = tmp_path / "bpe"
+    assert apply_file(codes, tok, out, log=quiet) == N_SAMPLE
+    with open(codes, encoding="utf-8") as f:
+        ref = RefBPE(f)
+    tok_lines, bpe_lines = tok.read_text().split("\n")[:-1], out.read_text().split("\n")[:-1]
+    assert bpe_lines == [ref.process_line(line) for line in tok_lines]
+    assert sum(line.count("@@ ") for line in bpe_lines) > 1000  # segmentation really happened
+    assert [remove_bpe(line) for line in bpe_lines] == tok_lines
+
+
+def test_bpe_words(tmp_path):
+    codes = tmp_path / "codes"
+    codes.write_text("#version: 0.2\nl o\nlo w</w>\ne r</w>\nn e\n")
+    bpe = BPE(codes)
+    assert bpe.apply_line("low lower newer a  lo") == "low lo@@ w@@ er ne@@ w@@ er a l@@ o"  # "o</w>" != "o"
+    codes.write_text("#version: 0.2\nl o\nbad line here\n")
+    with pytest.raises(InputError, match="codes:3"):
+        BPE(codes)
