@@ -138,15 +138,16 @@ def paired_bootstrap(
     seed: int = 12345,
     metric: str = "bleu",
     tgt_lang: str | None = None,
+    pretokenized: bool = False,
 ) -> Significance:
     """sacreBLEU's paired bootstrap test of a system against a baseline (detokenized lines).
 
-    metric: "bleu" | "chrf" | "tok_bleu" (the latter tokenizes all lines for tgt_lang first).
+    metric: "bleu" | "chrf" | "tok_bleu" (the latter tokenizes all lines for tgt_lang first, unless pretokenized).
     p_value is the probability of seeing the score difference by chance. seed 0 or None = unseeded (sacreBLEU).
     """
     _check_aligned(hyps_sys, "system", refs, "reference", what="hypothesis (lines)")
     _check_aligned(hyps_base, "baseline", refs, "reference", what="hypothesis (lines)")
-    if metric == "tok_bleu":
+    if metric == "tok_bleu" and not pretokenized:
         if tgt_lang is None:
             raise ValueError("paired_bootstrap(metric='tok_bleu') needs tgt_lang")
         hyps_sys, hyps_base, refs = (tokenize_lines(x, tgt_lang) for x in (hyps_sys, hyps_base, refs))
@@ -166,7 +167,7 @@ def paired_bootstrap(
     base, sys_ = scores[name]
     signature = sigs[name].format()
     if metric == "tok_bleu":
-        signature += _tok_suffix(tgt_lang)
+        signature += _tok_suffix(tgt_lang or "?")
     # sacreBLEU counts resampled differences strictly greater than the observed one: with identical outputs every
     # difference is 0 and it reports p = 1/(n+1), i.e. "significant". Identical systems are not different: p = 1.
     p_value = 1.0 if list(hyps_sys) == list(hyps_base) else float(sys_.p_value)

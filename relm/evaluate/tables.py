@@ -15,7 +15,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from relm.evaluate.score import atomic_write_text, paired_bootstrap_files, read_lines
+from relm.evaluate.score import atomic_write_text, paired_bootstrap, read_lines, tokenize_lines
 
 SYSTEMS = {"xlm": "XLM", "relm": "RE-LM", "relm_adapters": "RE-LM + adapters"}
 METRIC_TITLES = {
@@ -56,15 +56,28 @@ def add_significance(df: pd.DataFrame, baseline: str = "xlm", n_samples: int = 1
     """Fill p_value_vs_baseline by paired bootstrap of every system against the baseline on the same test set."""
     df = df.copy()
     base = df[df.system == baseline].set_index(["pair", "direction", "split", "metric"])
+    cache: dict = {}
+
+    def lines(path, lang=None):  # file lines, Moses-tokenized for tok_bleu; each file is read/tokenized once
+        if (path, lang) not in cache:
+            cache[path, lang] = read_lines(path) if lang is None else tokenize_lines(lines(path), lang)
+        return cache[path, lang]
+
     for i, row in df.iterrows():
         key = (row.pair, row.direction, row.split, row.metric)
         if row.system in (baseline, COPY) or key not in base.index:
             continue
         b = base.loc[key]
-        if read_lines(row.ref) != read_lines(b.ref):
+        if lines(row.ref) != lines(b.ref):
             raise ValueError(f"{row.system} and {baseline} were scored against different references: {row.ref}, {b.ref}")
-        sig = paired_bootstrap_files(row.hyp, b.hyp, row.ref, n_samples=n_samples, seed=seed,
-                                     metric=row.metric, tgt_lang=row.tgt_lang)
+        lang = row.tgt_lang if row.metric == "tok_bleu" else None
+        hs, hb, ref = lines(row.hyp, lang), lines(b.hyp, lang), lines(row.ref, lang)
+        for path, h in ((row.hyp, hs), (b.hyp, hb)):
+            if len(h) != len(ref):
+                raise ValueError(f"line count mismatch: hypothesis file {path} has {len(h)} lines but {row.ref} "
+                                 f"has {len(ref)} lines")
+        sig = paired_bootstrap(hs, hb, ref, n_samples=n_samples, seed=seed, metric=row.metric, tgt_lang=row.tgt_lang,
+                               pretokenized=True)
         df.at[i, "p_value_vs_baseline"] = sig.p_value
     return df
 

@@ -56,8 +56,9 @@ class MultiHeadAttention(nn.Module):
         bs, n, _ = t.shape
         return t.view(bs, n, self.n_heads, self.dim // self.n_heads).transpose(1, 2)
 
-    def forward(self, x, mask, kv=None, cache=None, key=None):
-        """x [bs, qlen, dim]; mask: bool, broadcastable to [bs, heads, qlen, klen], True = may attend.
+    def forward(self, x, mask, kv=None, cache=None, key=None, is_causal=False):
+        """x [bs, qlen, dim]; mask: bool, broadcastable to [bs, heads, qlen, klen], True = may attend (None = all);
+        is_causal: plain causal mask (qlen == klen), lets SDPA pick its fastest kernel.
         kv: encoder output for cross-attention (None = self-attention). With `cache`, self-attention appends its new
         k/v to cache[key]; cross-attention computes k/v once and reuses cache[key]."""
         q = self.heads(self.q_lin(x))
@@ -75,7 +76,7 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 cache[key] = (k, v)
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # scale 1/sqrt(d_head), as XLM
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)  # 1/sqrt(d_head)
         bs, _, qlen, _ = out.shape
         return self.out_lin(out.transpose(1, 2).reshape(bs, qlen, self.dim))
 
@@ -171,8 +172,9 @@ class TransformerModel(nn.Module):
         device = x.device
         steps = torch.arange(past, past + slen, device=device)
         pad_mask = steps[None, :] < lengths.to(device)[:, None]  # [bs, slen], True = real token
-        if causal:
-            attn_mask = steps[:, None] >= torch.arange(past + slen, device=device)[None, :]  # [slen, past+slen]
+        is_causal = causal and past == 0
+        if causal:  # explicit mask only for several new tokens after a cache; one new token may see everything
+            attn_mask = None if past == 0 or slen == 1 else steps[:, None] >= torch.arange(past + slen, device=device)
         else:
             attn_mask = pad_mask[:, None, None, :]
         if positions is None:
@@ -192,7 +194,8 @@ class TransformerModel(nn.Module):
         pre = self.cfg.pre_norm
         for i in range(self.n_layers):
             # self-attention (+ adapter with its own residual)
-            a = self.attentions[i](self.layer_norm1[i](h) if pre else h, attn_mask, cache=cache, key=f"self.{i}")
+            a = self.attentions[i](self.layer_norm1[i](h) if pre else h, attn_mask, cache=cache, key=f"self.{i}",
+                                   is_causal=is_causal)
             a = F.dropout(a, p=self.dropout, training=self.training)
             if self.use_adapters:
                 a = self.adapters_1[i](a) + a

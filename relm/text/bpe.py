@@ -17,7 +17,7 @@ import subword_nmt.learn_bpe as _learn
 from tqdm import tqdm
 
 from relm.text.errors import InputError, eprint
-from relm.text.fetch import atomic_output
+from relm.text.fetch import atomic_output, count_lines
 from relm.text.tokenize import iter_lines
 
 SEP = "@@"
@@ -51,7 +51,7 @@ def learn_codes(
             _learn.learn_bpe(as_dict, f, merges, min_frequency=min_frequency, is_dict=True)
     finally:
         _learn.tqdm = bar
-    n = sum(1 for _ in open(codes_out, encoding="utf-8")) - 1
+    n = count_lines(codes_out) - 1  # minus the "#version" line
     log(f"bpe: learned {n} merges from {len(counts)} word types ({sum(counts.values())} tokens) -> {codes_out}")
     if n < merges:
         log(f"bpe: warning: only {n} of {merges} merges (no pair left with frequency >= {min_frequency})")

@@ -6,14 +6,15 @@ function words:
 
 * HMR ("hx"), English-like: SVO, adjective before noun, prepositions, articles (the/a/an), plural -s,
   3rd person -s, past -ed.
-* LMR ("lx"): verb-final (S O PP V), adjective after noun, postpositions, no articles but a definiteness particle
-  after the noun phrase, a question particle, suffixes for plural and (definite objects only) accusative case on
-  nouns, for number on adjectives and for tense on verbs, its own sound inventory (with č, š, ž).
+* LMR ("lx"): verb-final (S O PP V), adjective after noun, postpositions, one definite article (no indefinite
+  one), a sentence-final question particle, suffixes for plural and accusative (definite objects only) on nouns and
+  for past tense on verbs, its own sound inventory (with č, š, ž).
 
 Names and numbers are identical in both, and a fraction (`cognate_rate`) of the LMR lexemes are cognates of the HMR
-ones (same stem, or one vowel changed, or an ending added). docs/demo-feasibility.md measured that such shared
-anchors decide whether UNMT can learn a pair at all in a few CPU minutes; cognates are spread evenly over the
-frequency ranks so that about `cognate_rate` of the content tokens are cognates too.
+ones (70% spelled like the HMR stem, the rest with one vowel changed or an ending added). docs/demo-feasibility.md
+measured that such shared spellings decide whether UNMT can learn a pair at all in a few CPU minutes. Cognates are
+spread evenly over the frequency ranks, so about `cognate_rate` of the content tokens are cognates too; only the
+unmarked LMR forms can be spelled like an HMR word, which is why LMR leaves the commonest forms unmarked.
 
 The monolingual corpora are sampled independently; valid and test are parallel (one structure realized in both
 languages) and none of their lines occurs in the monolingual corpora or in the other split. Everything is driven
@@ -371,15 +372,11 @@ def generate_pair(out_dir, hmr: str = "hx", lmr: str = "lx", seed: int = 0, n_hm
     out.mkdir(parents=True, exist_ok=True)
     stats = {side: {"types": set(), "tokens": 0, "lines": 0} for side in ("hmr", "lmr")}
 
-    def emit(s, side, lines):
-        w = pair.words(s, side)
+    def count(side, words):
         st = stats[side]
-        st["types"].update(w)
-        st["tokens"] += len(w)
+        st["types"].update(words)
+        st["tokens"] += len(words)
         st["lines"] += 1
-        line = detokenize(w)
-        lines.append(line)
-        return line
 
     # held-out parallel sets first, from their own generator, so they do not depend on the corpus sizes
     rng = random.Random(f"relm-synth-heldout-{seed}")
@@ -393,26 +390,31 @@ def generate_pair(out_dir, hmr: str = "hx", lmr: str = "lx", seed: int = 0, n_hm
             if tries > 50 * n + 1000:
                 raise ValueError(f"cannot draw {n} distinct {split} sentences; raise n_concepts")
             s = pair.sample(rng)
-            h, l = pair.realize(s, "hmr"), pair.realize(s, "lmr")
+            hw, lw = pair.words(s, "hmr"), pair.words(s, "lmr")
+            h, l = detokenize(hw), detokenize(lw)
             if h in seen["hmr"] or l in seen["lmr"]:
                 continue
             seen["hmr"].add(h)
             seen["lmr"].add(l)
-            emit(s, "hmr", hl)
-            emit(s, "lmr", ll)
+            hl.append(h)
+            ll.append(l)
+            count("hmr", hw)
+            count("lmr", lw)
 
     mono = {}
-    for side, lang, n in (("hmr", hmr, n_hmr), ("lmr", lmr, n_lmr)):
+    for side, n in (("hmr", n_hmr), ("lmr", n_lmr)):
         rng = random.Random(f"relm-synth-mono-{side}-{seed}")
         lines, rejected, ban = [], 0, seen[side]
         while len(lines) < n:
-            s = pair.sample(rng)
-            if False:
+            w = pair.words(pair.sample(rng), side)
+            line = detokenize(w)
+            if line in ban:
                 rejected += 1
                 if rejected > 10 * n + 1000:
                     raise ValueError("too many mono sentences collide with valid/test; raise n_concepts")
                 continue
-            emit(s, side, lines)
+            lines.append(line)
+            count(side, w)
         mono[side] = (lines, rejected)
 
     files = {}
@@ -426,12 +428,12 @@ def generate_pair(out_dir, hmr: str = "hx", lmr: str = "lx", seed: int = 0, n_hm
     summary = {
         "seed": seed, "hmr": hmr, "lmr": lmr, "files": files,
         "lines": {name: len(v) for name, v in
-                  (((f"train.{hmr}"), mono["hmr"][0]), (f"train.{lmr}", mono["lmr"][0]),
+                  ((f"train.{hmr}", mono["hmr"][0]), (f"train.{lmr}", mono["lmr"][0]),
                    (f"valid.{hmr}", held["valid"][0]), (f"valid.{lmr}", held["valid"][1]),
                    (f"test.{hmr}", held["test"][0]), (f"test.{lmr}", held["test"][1]))},
         "concepts": pair.sizes(), "n_concepts": sum(len(v) for v in pair.h.values()),
         "cognates": pair.n_cognates, "cognate_rate": cognate_rate,
-        # over all files of a language, tokens as Moses would split them (punctuation included)
+        # over all files of a language; tokens split off punctuation as Moses would, case kept, punctuation counted
         "types": {lang: len(stats[side]["types"]) for side, lang in (("hmr", hmr), ("lmr", lmr))},
         "mean_len": {lang: round(stats[side]["tokens"] / max(1, stats[side]["lines"]), 2)
                      for side, lang in (("hmr", hmr), ("lmr", lmr))},

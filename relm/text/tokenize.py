@@ -43,9 +43,11 @@ def iter_lines(path: str | Path, max_line_len: int | None = None) -> Iterator[st
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 bad = raw[e.start : e.start + 4]
-                raise InputError(f"{path}:{lineno}: invalid UTF-8 (bytes {bad!r} at byte {e.start} of the line)") from None
+                msg = f"{path}:{lineno}: invalid UTF-8 (bytes {bad!r} at byte {e.start} of the line)"
+                raise InputError(msg) from None
             if max_line_len is not None and len(line) > max_line_len:
-                raise InputError(f"{path}:{lineno}: line has {len(line)} characters, more than the limit {max_line_len}")
+                msg = f"{path}:{lineno}: line has {len(line)} characters, more than the limit {max_line_len}"
+                raise InputError(msg)
             yield line
 
 

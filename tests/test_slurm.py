@@ -1,0 +1,223 @@
+"""The SLURM side: the Snakemake profiles (site, test, workstation) and, on the local one-node cluster of
+.ci/slurm-up, jobs with pretend GPUs, several tasks under srun, and a Snakemake job that is pre-empted with
+SIGTERM, exits 75 after writing a checkpoint and resumes on its retry."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slurm_cluster import (REPO, SITE_PROFILE, TEST_PROFILE, job_info, job_output, run_snakemake, sbatch,
+                           sbatch_wait, signal_job, slurm_cluster, slurm_logs, wait_job)  # noqa: F401
+
+LOCAL_PROFILE = REPO / "profiles" / "local"
+PROFILES = {"site": SITE_PROFILE, "test": TEST_PROFILE, "local": LOCAL_PROFILE}
+GPU_RULES = ["pretrain", "finetune", "adapters", "xlm_mlm", "unmt", "translate"]
+TRAIN_RULES = ["pretrain", "finetune", "adapters", "xlm_mlm", "unmt"]
+# What the test profile may change: sacct -> squeue, faster status checks, all logs kept, less memory.
+MAY_DIFFER = {"slurm-status-command", "slurm-init-seconds-before-status-checks", "seconds-between-status-checks",
+              "slurm-keep-successful-logs", "default-resources.mem_mb",
+              *(f"set-resources.{rule}.mem_mb" for rule in GPU_RULES)}
+PY = sys.executable
+
+
+def load(profile):
+    return yaml.safe_load((profile / "config.yaml").read_text())
+
+
+def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+# --- profiles (no cluster needed) -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_is_read_by_snakemake(name):
+    """Snakemake's own profile reader turns the file into command-line settings."""
+    from snakemake.profiles import ProfileConfigFileParser
+
+    with open(PROFILES[name] / "config.yaml") as f:
+        args = ProfileConfigFileParser().parse(f)
+    for rule in GPU_RULES:
+        assert f"{rule}:gpu=1" in args["set-resources"]
+    if name != "local":
+        assert args["executor"] == "slurm"
+        for rule in TRAIN_RULES:
+            assert f"{rule}:slurm_extra='--signal=TERM@300'" in args["set-resources"]
+
+
+def test_test_profile_differs_from_site_profile_only_where_allowed():
+    site, test = flat(load(SITE_PROFILE)), flat(load(TEST_PROFILE))
+    differ = {k for k in site.keys() | test.keys() if site.get(k) != test.get(k)}
+    assert differ <= MAY_DIFFER, f"not allowed to differ: {sorted(differ - MAY_DIFFER)}"
+    assert "slurm-status-command" not in site  # real clusters: the plugin's default, sacct
+    assert test["slurm-status-command"] == "squeue"  # no slurmdbd on the test cluster
+
+
+def test_site_profile_is_found_from_repo_root():
+    """`snakemake --profile slurm` looks for ./slurm/config.yaml."""
+    assert (REPO / "slurm" / "config.yaml").is_file()
+    assert load(SITE_PROFILE)["retries"] >= 1  # pre-empted training jobs resume on a retry
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_profile_dry_run(name, tmp_path):
+    (tmp_path / "Snakefile").write_text(textwrap.dedent("""
+        rule all:
+            input: "a.txt", "b.txt"
+        rule pretrain:
+            output: "a.txt"
+            shell: "touch {output}"
+        rule prep:
+            output: "b.txt"
+            shell: "touch {output}"
+        """))
+    r = run_snakemake(tmp_path, "-n", profile=PROFILES[name], timeout=120)
+    assert r.returncode == 0, r.stdout
+    pretrain = r.stdout.split("rule pretrain:")[1].split("\n\n")[0]
+    prep = r.stdout.split("rule prep:")[1].split("\n\n")[0]
+    assert "gpu=1" in pretrain and "gpu=" not in prep
+    assert ("slurm_extra=--signal=TERM@300" in pretrain) == (name != "local")
+
+
+# --- the cluster ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slurm
+def test_node_is_idle_with_two_gpus(slurm_cluster):
+    r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T %G"], capture_output=True, text=True, check=True)
+    node, state, gres = r.stdout.split()
+    assert (node, state) == (slurm_cluster.node, "idle")
+    assert gres.startswith("gpu:2")
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("gpus,visible", [(0, None), (1, "0"), (2, "0,1")])
+def test_pretend_gpus_are_visible(slurm_cluster, tmp_path, gpus, visible):
+    script = f"#!/bin/bash\n{PY} -c 'import os; print(os.environ.get(\"CUDA_VISIBLE_DEVICES\"))'\n"
+    jobid, state = sbatch_wait(script, args=[f"--gpus={gpus}"] if gpus else [], cwd=tmp_path,
+                               env={"CUDA_VISIBLE_DEVICES": None})
+    assert state == "COMPLETED", job_info(jobid)
+    assert job_output(jobid).strip() == str(visible)
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("ntasks", [1, 2])
+def test_srun_starts_one_rank_per_task(slurm_cluster, tmp_path, ntasks):
+    script = (f"#!/bin/bash\nsrun {PY} -c 'import os; "
+              f"print(\"rank\", os.environ[\"SLURM_PROCID\"], os.environ[\"SLURM_NTASKS\"])'\n")
+    jobid, state = sbatch_wait(script, args=[f"--ntasks={ntasks}"], cwd=tmp_path)
+    assert state == "COMPLETED", job_info(jobid)
+    lines = sorted(line for line in job_output(jobid).splitlines() if line.startswith("rank"))
+    assert lines == [f"rank {i} {ntasks}" for i in range(ntasks)]
+
+
+@pytest.mark.slurm
+@pytest.mark.parametrize("status,state", [(0, "COMPLETED"), (3, "FAILED"), (75, "FAILED")])
+def test_job_state_and_exit_code(slurm_cluster, tmp_path, status, state):
+    jobid, got = sbatch_wait(f"#!/bin/bash\nexit {status}\n", cwd=tmp_path)
+    assert got == state
+    assert job_info(jobid)["ExitCode"] == f"{status}:0"
+
+
+TRAINER = """\
+import os, signal, sys, time
+out, ckpt = sys.argv[1], sys.argv[1] + ".ckpt"
+def stop(sig, frame):
+    open(ckpt, "w").write(signal.Signals(sig).name)   # a resume checkpoint
+    sys.exit(75)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGUSR1, stop)
+resumed = open(ckpt).read() if os.path.exists(ckpt) else None
+open(out + ".started", "a").write(f"{os.environ.get('CUDA_VISIBLE_DEVICES')} {resumed}\\n")
+if resumed is None:
+    time.sleep(120)                                     # until pre-empted
+open(out, "w").write(f"resumed after {resumed}")
+"""
+
+
+@pytest.mark.slurm
+def test_signal_reaches_the_job_steps(slurm_cluster, tmp_path):
+    """What --signal=TERM@T (and a time limit or pre-emption) does: SIGTERM to the processes of the steps."""
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    jobid = sbatch(f"#!/bin/bash\nsrun {PY} trainer.py out\n", cwd=tmp_path)
+    wait_for_file(tmp_path / "out.started", 30)
+    signal_job(jobid, "TERM")
+    assert wait_job(jobid, 30) == "FAILED"
+    assert job_info(jobid)["ExitCode"] == "75:0"
+    assert (tmp_path / "out.ckpt").read_text() == "SIGTERM"
+
+
+@pytest.mark.slurm
+def test_snakemake_cpu_and_gpu_jobs_go_through_sbatch(slurm_cluster, tmp_path):
+    """A CPU rule and a GPU rule (`unmt`: gpu=1 from the profile) run as SLURM jobs."""
+    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
+        ENV = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+        rule all:
+            input: "cpu.json", "gpu.json"
+        rule prep:
+            output: "cpu.json"
+            shell: "{PY} -c \\"{{ENV}}\\" {{output}}"
+        rule unmt:
+            output: "gpu.json"
+            shell: "{PY} -c \\"{{ENV}}\\" {{output}}"
+        """))
+    t0 = time.monotonic()
+    r = run_snakemake(tmp_path, timeout=240, env={"CUDA_VISIBLE_DEVICES": None})
+    assert r.returncode == 0, r.stdout
+    print(f"snakemake: {time.monotonic() - t0:.1f}s")
+    logs = slurm_logs(tmp_path)
+    assert set(logs) == {"prep", "unmt"}, logs
+    (cpu_job,), (gpu_job,) = logs["prep"], logs["unmt"]
+    for jobid in (cpu_job, gpu_job):
+        assert job_info(jobid)["JobState"] == "COMPLETED"
+    assert "gres/gpu=1" in job_info(gpu_job)["TRES"] and "gpu" not in job_info(cpu_job)["TRES"]
+    assert "mem=1000M" in job_info(gpu_job)["TRES"]  # the test profile's set-resources
+    cpu, gpu = (json.loads((tmp_path / f).read_text()) for f in ("cpu.json", "gpu.json"))
+    assert gpu.get("CUDA_VISIBLE_DEVICES") == "0"
+    assert "CUDA_VISIBLE_DEVICES" not in cpu
+
+
+@pytest.mark.slurm
+def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
+    """SIGTERM -> checkpoint, exit 75 -> the job fails -> Snakemake retries it (attempt 2) -> it resumes.
+    The checkpoint is not a declared output: Snakemake deletes the outputs of a failed job."""
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
+        rule pretrain:
+            output: "model.txt"
+            shell: "{PY} trainer.py {{output}}"
+        """))
+    sm = run_snakemake(tmp_path, timeout=240, background=True)
+    try:
+        wait_for_file(tmp_path / "model.txt.started", 90)
+        (first,) = slurm_logs(tmp_path)["pretrain"]
+        signal_job(first, "TERM")
+        out, _ = sm.communicate(timeout=200)
+    finally:
+        sm.kill()
+    assert sm.returncode == 0, out
+    assert (tmp_path / "model.txt").read_text() == "resumed after SIGTERM"
+    assert (tmp_path / "model.txt.started").read_text().splitlines() == ["0 None", "0 SIGTERM"]
+    jobs = slurm_logs(tmp_path)["pretrain"]
+    assert len(jobs) == 2
+    assert [job_info(j)["JobState"] for j in sorted(jobs, key=int)] == ["FAILED", "COMPLETED"]
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def wait_for_file(path, timeout):
+    end = time.monotonic() + timeout
+    while not Path(path).exists():
+        assert time.monotonic() < end, f"{path} did not appear within {timeout}s"
+        time.sleep(0.2)
