@@ -45,7 +45,8 @@ def _step(decoder: TransformerModel, tok, total_len, tgt_lang_id, src_enc, src_l
 
 @torch.no_grad()
 def generate_greedy(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: int, max_len):
-    """Greedy decoding (XLM `generate`). src_enc [bs, slen, dim]; max_len int or [bs]. -> (tokens [bs, L], lengths [bs])."""
+    """Greedy decoding (XLM `generate`). src_enc [bs, slen, dim], src_len [bs]; max_len int or [bs].
+    Returns (tokens [bs, L], lengths [bs])."""
     bs, device = src_len.size(0), src_enc.device
     eos, pad = decoder.eos_index, decoder.pad_index
     src_len = src_len.to(device)
@@ -124,7 +125,8 @@ def generate_beam(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: int,
     with _eval_mode(decoder):
         while cur < total:
             lengths = torch.full((nb,), cur, dtype=torch.long, device=device)
-            scores = F.log_softmax(_step(decoder, generated[:, cur - 1], lengths, tgt_lang_id, src_enc, src_len, cache), -1)
+            scores = _step(decoder, generated[:, cur - 1], lengths, tgt_lang_id, src_enc, src_len, cache)
+            scores = F.log_softmax(scores, dim=-1)
             scores = (scores + beam_scores[:, None]).view(bs, beam_size * n_words)
             top_scores, top_ids = torch.topk(scores, 2 * beam_size, dim=1, largest=True, sorted=True)
             top_scores, top_ids = top_scores.tolist(), top_ids.tolist()

@@ -136,7 +136,8 @@ def test_adapter_finetuning_trainable_set():
     names = set(set_adapter_finetuning(m))
     expected = {"embeddings.weight", "position_embeddings.weight", "pred_layer.proj.bias",
                 "layer_norm_emb.weight", "layer_norm_emb.bias"}
-    expected |= {f"adapters_{a}.{i}.{j}.{p}" for a in (1, 2) for i in range(2) for j in (0, 2) for p in ("weight", "bias")}
+    expected |= {f"adapters_{a}.{i}.{j}.{p}" for a in (1, 2) for i in range(2) for j in (0, 2)
+                 for p in ("weight", "bias")}
     assert names == expected
     assert {n for n, p in m.named_parameters() if p.requires_grad} == expected
     assert not m.lang_embeddings.weight.requires_grad and not m.attentions[0].q_lin.weight.requires_grad

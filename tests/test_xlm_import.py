@@ -52,8 +52,9 @@ def xlm_params(gelu=True, adapter_size=0, langs=("en", "mk")):
     p = dict(emb_dim=DIM, n_layers=LAYERS, n_heads=HEADS, dropout=0.1, attention_dropout=0.1, gelu_activation=gelu,
              sinusoidal_embeddings=False, share_inout_emb=True, asm=False, n_langs=len(langs),
              id2lang={i: lang for i, lang in enumerate(langs)}, lang2id={lang: i for i, lang in enumerate(langs)},
-             langs=list(langs), mask_scores=np.arange(1, V + 1, dtype=np.float64) ** -0.5, pred_probs=torch.FloatTensor([.8, .1, .1]),
-             word_mask=np.float64(0.8), n_words=np.int64(V), mlm_steps=[("mk", None)], dump_path="/x", lambda_mt_config=None)
+             langs=list(langs), mask_scores=np.arange(1, V + 1, dtype=np.float64) ** -0.5,
+             pred_probs=torch.FloatTensor([.8, .1, .1]), word_mask=np.float64(0.8), n_words=np.int64(V),
+             mlm_steps=[("mk", None)], dump_path="/x", lambda_mt_config=None)
     if adapter_size:
         p.update(use_adapters=True, adapter_size=adapter_size)
     return p

@@ -70,12 +70,14 @@ def plot_curves(metrics_files: dict[str, str | Path], out_png, title: str | None
     fig, (ax_ppl, ax_bleu) = plt.subplots(1, 2, figsize=(12, 4.5))
     runs = {label: read_metrics(p) for label, p in metrics_files.items()}
     ppl_values = []
-    for label, records in runs.items():
-        for lang, (xs, ys) in _series(records, MLM_PPL).items():
-            ax_ppl.plot(xs, ys, marker=".", label=f"{label} {lang}")
+    styles = ["-", "--", ":", "-."]  # colour = run, line style = language / direction
+    for k, (label, records) in enumerate(runs.items()):
+        color = f"C{k % 10}"
+        for j, (lang, (xs, ys)) in enumerate(sorted(_series(records, MLM_PPL).items())):
+            ax_ppl.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {lang}")
             ppl_values += ys
-        for direction, (xs, ys) in _series(records, MT_BLEU).items():
-            ax_bleu.plot(xs, ys, marker=".", label=f"{label} {direction.replace('-', '→')}")
+        for j, (direction, (xs, ys)) in enumerate(sorted(_series(records, MT_BLEU).items())):
+            ax_bleu.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {direction.replace('-', '→')}")
     ax_ppl.set(title="validation MLM perplexity", xlabel="step", ylabel="perplexity")
     ax_bleu.set(title="validation BLEU (tokenized, as in training)", xlabel="step", ylabel="BLEU")
     if ppl_values and min(ppl_values) > 0 and max(ppl_values) / min(ppl_values) > 20:
@@ -117,9 +119,10 @@ def plot_bleu_bars(scores_tsv, out_png, split: str = "test", pairs: list[str] | 
             ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
         ax.set_xticks(range(len(cols)), [d.replace("-", "→") for _, d in cols])
         ax.set(title=f"{'tokenized BLEU' if metric == 'tok_bleu' else 'sacreBLEU'} ({split})", ylabel="BLEU")
-        if systems and not sub.empty:
-            ax.legend(fontsize="small")
-        else:
+        if sub.empty:
             _no_data(ax, "scores")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend for all panels, below them, so it never covers a bar
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize="small", frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, out_png)

@@ -130,8 +130,8 @@ def _sacrebleu_seed(seed: int | None):
             os.environ["SACREBLEU_SEED"] = old
 
 
-def paired_bootstrap(
-    hyps_sys: Sequence[str],
+def paired_bootstrap_many(
+    systems: dict[str, Sequence[str]],
     hyps_base: Sequence[str],
     refs: Sequence[str],
     n_samples: int = 1000,
@@ -139,39 +139,51 @@ def paired_bootstrap(
     metric: str = "bleu",
     tgt_lang: str | None = None,
     pretokenized: bool = False,
-) -> Significance:
-    """sacreBLEU's paired bootstrap test of a system against a baseline (detokenized lines).
+) -> dict[str, Significance]:
+    """sacreBLEU's paired bootstrap test of each system against one baseline (same resamples for all systems).
 
-    metric: "bleu" | "chrf" | "tok_bleu" (the latter tokenizes all lines for tgt_lang first, unless pretokenized).
-    p_value is the probability of seeing the score difference by chance. seed 0 or None = unseeded (sacreBLEU).
+    Lines are detokenized text; metric: "bleu" | "chrf" | "tok_bleu" (the latter tokenizes all lines for tgt_lang
+    first, unless pretokenized). p_value: probability of a score difference this large by chance.
+    seed 0 or None = unseeded (sacreBLEU's convention).
     """
-    _check_aligned(hyps_sys, "system", refs, "reference", what="hypothesis (lines)")
-    _check_aligned(hyps_base, "baseline", refs, "reference", what="hypothesis (lines)")
-    if metric == "tok_bleu" and not pretokenized:
-        if tgt_lang is None:
-            raise ValueError("paired_bootstrap(metric='tok_bleu') needs tgt_lang")
-        hyps_sys, hyps_base, refs = (tokenize_lines(x, tgt_lang) for x in (hyps_sys, hyps_base, refs))
     makers = {"bleu": BLEU, "chrf": CHRF, "tok_bleu": _tok_bleu_metric}
     if metric not in makers:
         raise ValueError(f"unknown metric {metric!r} (bleu, chrf, tok_bleu)")
+    for name, hyps in {**systems, "baseline": hyps_base}.items():
+        _check_aligned(hyps, name, refs, "reference", what="hypothesis (lines)")
+    if metric == "tok_bleu" and not pretokenized:
+        if tgt_lang is None:
+            raise ValueError("paired_bootstrap(metric='tok_bleu') needs tgt_lang")
+        tok = lambda x: tokenize_lines(x, tgt_lang)  # noqa: E731
+        systems, hyps_base, refs = {k: tok(v) for k, v in systems.items()}, tok(hyps_base), tok(refs)
+    names = list(systems)
     with _sacrebleu_seed(seed):
         test = PairedTest(
-            [("baseline", list(hyps_base)), ("system", list(hyps_sys))],
+            [("__baseline__", list(hyps_base))] + [(n, list(systems[n])) for n in names],
             {metric: makers[metric]()},
             references=[list(refs)],
             test_type="bs",
             n_samples=n_samples,
         )
         sigs, scores = test()
-    (name,) = sigs
-    base, sys_ = scores[name]
-    signature = sigs[name].format()
-    if metric == "tok_bleu":
-        signature += _tok_suffix(tgt_lang or "?")
-    # sacreBLEU counts resampled differences strictly greater than the observed one: with identical outputs every
-    # difference is 0 and it reports p = 1/(n+1), i.e. "significant". Identical systems are not different: p = 1.
-    p_value = 1.0 if list(hyps_sys) == list(hyps_base) else float(sys_.p_value)
-    return Significance(p_value, float(sys_.score), float(base.score), float(sys_.mean), float(sys_.ci), signature)
+    (key,) = sigs
+    base, results = scores[key][0], scores[key][1:]
+    signature = sigs[key].format() + (_tok_suffix(tgt_lang or "?") if metric == "tok_bleu" else "")
+    out = {}
+    for name, r in zip(names, results):
+        # sacreBLEU counts resampled differences strictly greater than the observed one: with identical outputs every
+        # difference is 0 and it reports p = 1/(n+1), "significant". Identical systems are not different: p = 1.
+        p_value = 1.0 if list(systems[name]) == list(hyps_base) else float(r.p_value)
+        out[name] = Significance(p_value, float(r.score), float(base.score), float(r.mean), float(r.ci), signature)
+    return out
+
+
+def paired_bootstrap(hyps_sys: Sequence[str], hyps_base: Sequence[str], refs: Sequence[str], n_samples: int = 1000,
+                     seed: int = 12345, metric: str = "bleu", tgt_lang: str | None = None,
+                     pretokenized: bool = False) -> Significance:
+    """Paired bootstrap test of one system against a baseline; see paired_bootstrap_many."""
+    return paired_bootstrap_many({"system": hyps_sys}, hyps_base, refs, n_samples, seed, metric, tgt_lang,
+                                 pretokenized)["system"]
 
 
 def paired_bootstrap_files(hyp_sys, hyp_base, ref, **kwargs) -> Significance:

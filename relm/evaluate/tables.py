@@ -15,7 +15,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from relm.evaluate.score import atomic_write_text, paired_bootstrap, read_lines, tokenize_lines
+from relm.evaluate.score import atomic_write_text, paired_bootstrap_many, read_lines, tokenize_lines
 
 SYSTEMS = {"xlm": "XLM", "relm": "RE-LM", "relm_adapters": "RE-LM + adapters"}
 METRIC_TITLES = {
@@ -63,22 +63,27 @@ def add_significance(df: pd.DataFrame, baseline: str = "xlm", n_samples: int = 1
             cache[path, lang] = read_lines(path) if lang is None else tokenize_lines(lines(path), lang)
         return cache[path, lang]
 
-    for i, row in df.iterrows():
-        key = (row.pair, row.direction, row.split, row.metric)
-        if row.system in (baseline, COPY) or key not in base.index:
+    todo = df[(df.system != baseline) & (df.system != COPY)]
+    for key, group in todo.groupby(["pair", "direction", "split", "metric"], sort=False):
+        if key not in base.index:
             continue
         b = base.loc[key]
-        if lines(row.ref) != lines(b.ref):
-            raise ValueError(f"{row.system} and {baseline} were scored against different references: {row.ref}, {b.ref}")
-        lang = row.tgt_lang if row.metric == "tok_bleu" else None
-        hs, hb, ref = lines(row.hyp, lang), lines(b.hyp, lang), lines(row.ref, lang)
-        for path, h in ((row.hyp, hs), (b.hyp, hb)):
+        lang = b.tgt_lang if key[3] == "tok_bleu" else None
+        ref = lines(b.ref, lang)
+        systems = {}
+        for i, row in group.iterrows():
+            if lines(row.ref) != lines(b.ref):
+                raise ValueError(f"{row.system} and {baseline} were scored against different references: "
+                                 f"{row.ref}, {b.ref}")
+            systems[i] = lines(row.hyp, lang)
+        for path, h in [(b.hyp, lines(b.hyp, lang))] + [(df.at[i, "hyp"], h) for i, h in systems.items()]:
             if len(h) != len(ref):
-                raise ValueError(f"line count mismatch: hypothesis file {path} has {len(h)} lines but {row.ref} "
+                raise ValueError(f"line count mismatch: hypothesis file {path} has {len(h)} lines but {b.ref} "
                                  f"has {len(ref)} lines")
-        sig = paired_bootstrap(hs, hb, ref, n_samples=n_samples, seed=seed, metric=row.metric, tgt_lang=row.tgt_lang,
-                               pretokenized=True)
-        df.at[i, "p_value_vs_baseline"] = sig.p_value
+        sigs = paired_bootstrap_many(systems, lines(b.hyp, lang), ref, n_samples=n_samples, seed=seed, metric=key[3],
+                                     tgt_lang=b.tgt_lang, pretokenized=True)
+        for i, sig in sigs.items():
+            df.at[i, "p_value_vs_baseline"] = sig.p_value
     return df
 
 

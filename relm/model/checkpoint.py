@@ -140,7 +140,8 @@ def load_model(path, device="cpu", keep_raw: bool = False) -> LoadedModel:
     """Rebuild the model(s) of a relm checkpoint; models are returned in eval mode on `device`."""
     ck = safe_load(path)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a relm checkpoint (format {ck.get('format') if isinstance(ck, dict) else None!r})")
+        fmt = ck.get("format") if isinstance(ck, dict) else None
+        raise CheckpointError(f"{path} is not a relm checkpoint (format {fmt!r}, expected {FORMAT!r})")
     kind = ck.get("kind")
     if kind not in MODEL_NAMES:
         raise CheckpointError(f"{path}: unknown checkpoint kind {kind!r}")

@@ -1,10 +1,10 @@
 """RE-LM vocabulary extension of model weights, and building the UNMT encoder/decoder from an MLM.
 
-The extended dictionary keeps the pretrained ids 0..V_old-1 and appends the n_new LMR tokens (relm.text.vocab), so the
-extension is an identity copy of the old rows plus new rows. In RE-LM the embedding matrix is tied to the output layer and
-the output layer's Uniform(-1/dim, 1/dim) draw is loaded last, so that is the effective init of the new rows; the new
-output-bias entries are 0 (reference §2.2-2.5). Language embeddings and adapters that are not in the checkpoint keep
-their fresh initialisation.
+The extended dictionary keeps the pretrained ids 0..V_old-1 and appends the n_new LMR tokens (relm.text.vocab), so
+the extension is an identity copy of the old rows plus new rows. In RE-LM the embedding matrix is tied to the output
+layer and the output layer's Uniform(-1/dim, 1/dim) draw is loaded last, so that is the effective init of the new rows;
+the new output-bias entries are 0 (reference §2.2-2.5). Language embeddings and adapters that are not in the checkpoint
+keep their fresh initialisation.
 """
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def _load_checked(model: TransformerModel, state: dict, allowed_missing: tuple[s
     bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
            for k in state if k in own and state[k].shape != own[k].shape]
     if unexpected or missing or bad:
-        parts = [f"unexpected keys {unexpected[:5]}" if unexpected else "", f"missing keys {missing[:5]}" if missing else "",
-                 f"size mismatches {bad[:5]}" if bad else ""]
+        parts = [f"unexpected keys {unexpected[:5]}" if unexpected else "",
+                 f"missing keys {missing[:5]}" if missing else "", f"size mismatches {bad[:5]}" if bad else ""]
         raise CheckpointError(f"{where}: checkpoint does not match the model: " + "; ".join(p for p in parts if p))
     model.load_state_dict(state, strict=False)
 
@@ -71,9 +71,9 @@ def load_extended(model: TransformerModel, state: dict, n_new: int, expected_n_w
 
 def build_unmt_from_mlm(state: dict, cfg: ModelConfig, n_words: int, n_langs: int, redraw_lang_emb: bool = True,
                         n_new: int = 0, generator: torch.Generator | None = None):
-    """Encoder and decoder as two independent copies of the MLM weights (reference §4.3); the decoder's cross-attention
-    and layer_norm15 are fresh. redraw_lang_emb (relm's behaviour): both keep freshly drawn language embeddings instead of
-    the MLM's. n_new > 0 extends the vocabulary at this point as well. Returns (encoder, decoder)."""
+    """Encoder and decoder as two independent copies of the MLM weights (reference §4.3); the decoder's
+    cross-attention and layer_norm15 are fresh. redraw_lang_emb (relm's behaviour): both keep freshly drawn language
+    embeddings instead of the MLM's. n_new > 0 extends the vocabulary here as well. Returns (encoder, decoder)."""
     state = strip_module_prefix(state)
     if n_new:
         state = extend_state_dict(state, n_new, cfg.dim, generator)

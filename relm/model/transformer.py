@@ -2,13 +2,11 @@
 
 Parameter names and the forward computation follow XLM / RE-LM exactly (post-norm layers, learned positions, language
 embeddings, output layer tied to the token embeddings, RE-LM's adapters), so their checkpoints load unchanged and give
-the same outputs. Differences are in the API only: tensors are batch-first ([bs, slen]), attention goes through
-torch's scaled_dot_product_attention, and the incremental-decoding cache is a plain dict (see `TransformerModel.forward`).
+the same outputs. Differences are in the API only: tensors are batch-first ([bs, slen]), attention goes through torch's
+scaled_dot_product_attention, and the incremental-decoding cache is a plain dict (see `TransformerModel.forward`).
 `pre_norm=True` is an extra (not in XLM) for fast CPU demos; it adds one final LayerNorm `layer_norm_final`.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn as nn
@@ -76,7 +74,8 @@ class MultiHeadAttention(nn.Module):
             if cache is not None:
                 cache[key] = (k, v)
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)  # 1/sqrt(d_head)
+        # scale 1/sqrt(d_head) and dropout on the attention weights, as XLM
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
         bs, _, qlen, _ = out.shape
         return self.out_lin(out.transpose(1, 2).reshape(bs, qlen, self.dim))
 
@@ -161,9 +160,9 @@ class TransformerModel(nn.Module):
 
         causal: decoder self-attention sees only earlier positions (and no key-padding mask, like XLM: pads come after
         every real query). src_enc [bs, src_slen, dim] / src_len [bs]: encoder output for the decoder's cross-attention.
-        cache: incremental decoding (decoder, causal). Start with {"slen": 0}; then x holds only the NEW tokens, `lengths`
-        are the total lengths (old + new), positions continue at cache["slen"]. The cache stores per layer
-        "self.{i}" -> (k, v) and "cross.{i}" -> (k, v), each [bs, heads, len, d_head]; reorder rows with `reorder_cache`.
+        cache: incremental decoding (decoder, causal). Start with {"slen": 0}; then x holds only the NEW tokens,
+        `lengths` are the total lengths (old + new), positions continue at cache["slen"]. The cache stores per layer
+        "self.{i}" -> (k, v) and "cross.{i}" -> (k, v), each [bs, heads, len, d_head]; `reorder_cache` selects rows.
         """
         bs, slen = x.shape
         past = cache["slen"] if cache is not None else 0
@@ -178,8 +177,8 @@ class TransformerModel(nn.Module):
         else:
             attn_mask = pad_mask[:, None, None, :]
         if positions is None:
-            if past + slen > self.position_embeddings.num_embeddings:
-                raise ValueError(f"sequence length {past + slen} > max_positions {self.position_embeddings.num_embeddings}")
+            if past + slen > self.cfg.max_positions:
+                raise ValueError(f"sequence length {past + slen} > max_positions {self.cfg.max_positions}")
             positions = steps[None, :].expand(bs, slen)
 
         h = self.embeddings(x) + self.position_embeddings(positions)
@@ -189,7 +188,8 @@ class TransformerModel(nn.Module):
         keep = pad_mask.unsqueeze(-1).to(h.dtype)
         h = h * keep
         if src_enc is not None:
-            src_mask = (torch.arange(src_enc.size(1), device=device)[None, :] < src_len.to(device)[:, None])[:, None, None, :]
+            src_mask = torch.arange(src_enc.size(1), device=device)[None, :] < src_len.to(device)[:, None]
+            src_mask = src_mask[:, None, None, :]
 
         pre = self.cfg.pre_norm
         for i in range(self.n_layers):

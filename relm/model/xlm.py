@@ -17,15 +17,16 @@ import torch
 from relm.config import ModelConfig
 from relm.model.checkpoint import CheckpointError, build_and_load, load_error_detail, save_model, strip_module_prefix
 
-SPECIALS = 14  # <s> </s> <pad> <unk> <special0..9>
-
 
 def _numpy_globals() -> list:
-    from numpy._core import multiarray as ma  # numpy >= 2; pickles written by numpy 1.x name numpy.core.multiarray
-
-    dtype_classes = [getattr(np.dtypes, n) for n in np.dtypes.__all__]
-    return [ma._reconstruct, ma.scalar, np.ndarray, np.dtype, *dtype_classes,
-            (ma._reconstruct, "numpy.core.multiarray._reconstruct"), (ma.scalar, "numpy.core.multiarray.scalar")]
+    try:  # numpy >= 2 names it numpy._core; pickles written by numpy 1.x name numpy.core.multiarray
+        from numpy._core import multiarray as ma
+    except ImportError:
+        from numpy.core import multiarray as ma
+    dtype_classes = [getattr(np.dtypes, n) for n in np.dtypes.__all__] if hasattr(np, "dtypes") else []  # numpy>=1.25
+    names = ("numpy.core.multiarray", "numpy._core.multiarray")
+    return [np.ndarray, np.dtype, *dtype_classes,
+            *((ma._reconstruct, f"{m}._reconstruct") for m in names), *((ma.scalar, f"{m}.scalar") for m in names)]
 
 
 def load_xlm_checkpoint(path) -> dict:
@@ -122,7 +123,8 @@ def convert_xlm_checkpoint(in_path, out_path) -> dict:
             state["lang_embeddings.weight"] = state["lang_embeddings.weight"][order]
         n_words = state["embeddings.weight"].shape[0]
         if n_words != len(words):
-            raise CheckpointError(f"{in_path} [{key}]: {n_words} embedding rows but the dictionary has {len(words)} words")
+            raise CheckpointError(f"{in_path} [{key}]: {n_words} embedding rows but the dictionary has "
+                                  f"{len(words)} words")
         models[name] = build_and_load(state, cfg, n_words, len(langs), is_decoder, f"{in_path} [{key}]")
     config = {"imported_from": str(in_path), "xlm_params": _plain(params),
               "epoch": _plain(ck.get("epoch")), "n_total_iter": _plain(ck.get("n_total_iter"))}

@@ -189,7 +189,7 @@ class Trainer:
     `evaluate()` returns {metric: value} (called on the master only)."""
 
     def __init__(self, cfg, kind: str, run_dir: str | Path, inputs: dict, langs: list[str], words: list[str],
-                 counts: list[int], metric_names: list[str] = (), log=print):
+                 counts: list[int], metric_names: list[str] | None = None, log=print):
         self.cfg, self.kind, self.inputs = cfg, kind, _plain(inputs)
         self.langs, self.words, self.counts = list(langs), list(words), list(counts)
         self.run_dir = Path(run_dir)
@@ -212,11 +212,10 @@ class Trainer:
 
         self.validation = [metric_spec(m.strip()) for m in rc.validation_metrics.split(",") if m.strip()]
         self.stopping = parse_stopping(rc.stopping_criterion)
-        known = set(metric_names)
         for m in [m for m, _ in self.validation] + ([self.stopping[0]] if self.stopping else []):
-            if known and m not in known:
+            if metric_names is not None and m not in metric_names:
                 raise ValueError(f"metric {m!r} (run.validation_metrics / run.stopping_criterion) is not computed by "
-                                 f"this run; available: {', '.join(sorted(known))}")
+                                 f"this run; available: {', '.join(sorted(metric_names)) or 'none'}")
 
         # training state (all of it goes into checkpoint.pt)
         self.step = self.epoch = self.n_iter = self.n_sentences = 0

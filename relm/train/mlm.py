@@ -188,6 +188,8 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
 
     def iteration():
         coeff = lam(trainer.n_iter)
+        if lam.zero_from(trainer.n_iter):
+            raise ValueError(f"lambda_mlm {cfg.lambda_mlm!r} is 0 from iteration {trainer.n_iter} on: nothing to train")
         for i in trainer.rng.choice(len(steps), size=min(5, len(steps)), replace=True):
             lg = steps[i]
             if coeff == 0:

@@ -43,6 +43,11 @@ class Lambda:
                 return v0 + (v1 - v0) * (it - i0) / (i1 - i0)
         return pts[-1][1]
 
+    def zero_from(self, it: int) -> bool:
+        """Whether the value is 0 at iteration `it` and stays 0 forever after."""
+        later = [v for i, v in self.points if i > it]
+        return self(it) == 0 and all(v == 0 for v in later)
+
     def __repr__(self) -> str:
         return f"Lambda({self.spec!r})"
 

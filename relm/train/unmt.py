@@ -144,6 +144,9 @@ def train_unmt(cfg: UNMTConfig, run_dir: str, vocab: str, train: dict[str, str],
 
     def iteration():
         coeff_ae, coeff_bt = lam_ae(trainer.n_iter), lam_bt(trainer.n_iter)
+        if (not ae or lam_ae.zero_from(trainer.n_iter)) and (not bt or lam_bt.zero_from(trainer.n_iter)):
+            raise ValueError(f"lambda_ae {cfg.lambda_ae!r} and lambda_bt {cfg.lambda_bt!r} are 0 from iteration "
+                             f"{trainer.n_iter} on: nothing to train")
         for i in trainer.rng.permutation(len(ae)):
             if coeff_ae == 0:
                 break
