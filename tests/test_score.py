@@ -12,7 +12,7 @@ REFS = [
     "\"Hello,\" she said.",
     "A quick brown fox jumps over the lazy dog.",
 ]
-META = {"pair": "lx-hx", "system": "relm", "direction": "lx-hx", "split": "test"}
+META = {"pair": "mk-en", "system": "relm", "direction": "mk-en", "split": "test"}
 
 
 def write(path, lines):
@@ -24,7 +24,7 @@ def test_identical_is_100_with_signatures(tmp_path):
     ref = write(tmp_path / "ref", REFS)
     hyp = write(tmp_path / "hyp", REFS)
     out = tmp_path / "scores" / "s.json"
-    r = score_file(hyp, ref, "en", meta={**META, "direction": "mk-en"}, out=out)
+    r = score_file(hyp, ref, "en", meta={**META, "pair": "lx-hx"}, out=out)
     assert json.loads(out.read_text()) == r
     for m in ("bleu", "chrf", "tok_bleu"):
         assert r["metrics"][m]["score"] == pytest.approx(100.0)
@@ -65,6 +65,12 @@ def test_line_count_mismatch_names_files(tmp_path, which):
         score_file(hyp, ref, "en", src=src, meta=META)
     msg = str(e.value)
     assert "ref.txt" in msg and f"{which}.txt" in msg and "4" in msg and ("3" if which == "hyp" else "2") in msg
+
+
+def test_direction_must_match_target(tmp_path):
+    ref = write(tmp_path / "ref", REFS)
+    with pytest.raises(ValueError, match="target language 'mk'"):
+        score_file(ref, ref, "mk", meta={**META, "direction": "mk-en"})
 
 
 def _corpus(n=150, seed=0):

@@ -87,6 +87,8 @@ def score_file(hyp, ref, tgt_lang: str, src=None, meta: dict | None = None, out=
         srcs = read_lines(src)
         _check_aligned(srcs, src, refs, ref, what="source")
     direction = meta.get("direction")
+    if direction and direction.split("-")[-1] != tgt_lang:
+        raise ValueError(f"direction {direction!r} does not translate into the target language {tgt_lang!r}")
     src_lang = meta.get("src_lang") or (direction.split("-")[0] if direction else None)
     result = {
         "pair": meta.get("pair"),

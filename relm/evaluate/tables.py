@@ -194,7 +194,7 @@ def latex_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None)
                 out.append((rf"\textbf{{{s}}}" if c[1] else s) + (r"$^\dagger$" if c[2] else ""))
         lines.append(_tex_escape(SYSTEMS.get(system, system)) + " & " + " & ".join(out) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    legend = _tex_escape(_legend(baseline, n_samples)).replace("†", r"$^\dagger$").replace("p < ", "$p<$ ")
+    legend = _tex_escape(_legend(baseline, n_samples)).replace("†", r"$^\dagger$").replace(f"p < {ALPHA}", f"$p<{ALPHA}$")
     sigs = "; ".join(rf"\texttt{{{_tex_escape(s)}}}" for s in _signatures(df, metric, split))
     lines.append(rf"\caption{{{_tex_escape(title)}, {split} set; {legend}.}}")
     if sigs:
