@@ -10,7 +10,8 @@ RELM_SLURM selects what it does:
 Without the SLURM binaries, or without root to start the daemons, the tests that need the cluster are skipped.
 
 Job helpers work while the controller remembers a job (MinJobAge=300 s on the test cluster); they need no
-accounting database.
+accounting database. With pytest-xdist every worker would start its own cluster: start it once beforehand and
+set RELM_SLURM=running.
 """
 
 import os
@@ -70,6 +71,8 @@ def _usable_node():
 @pytest.fixture(scope="session")
 def slurm_cluster():
     mode = os.environ.get("RELM_SLURM", "auto")
+    if mode not in ("auto", "running", "start", "off"):
+        pytest.fail(f"RELM_SLURM={mode!r}: expected auto, running, start or off")
     if mode == "off":
         pytest.skip("RELM_SLURM=off")
     if mode == "running":
@@ -118,7 +121,7 @@ def job_info(jobid):
     if r.returncode != 0 or not r.stdout.strip():
         return {}
     info, key = {}, None
-    for token in r.stdout.split("\n")[0].split(" "):
+    for token in r.stdout.split("\n")[0].split():
         k, eq, v = token.partition("=")
         if eq and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_:/]*", k):
             info[key := k] = v
@@ -171,14 +174,34 @@ def cancel(jobid):
 def run_snakemake(workdir, *args, profile=TEST_PROFILE, timeout=300, env=None, background=False):
     """Run Snakemake in `workdir` (it needs a Snakefile there or `-s` in args) through a profile (a directory),
     under `timeout -k 10` since a hung Snakemake can survive SIGTERM. `env` adds variables (None removes one).
-    Returns the CompletedProcess (stdout and stderr together in .stdout); background=True returns the Popen."""
+    Returns the CompletedProcess (stdout and stderr together in .stdout). background=True returns the Popen at
+    once, its output going to `workdir`/snakemake.out; end it with stop_snakemake."""
     cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", "--profile", str(profile),
            *map(str, args)]
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
-    kw = dict(cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if background:
-        return subprocess.Popen(cmd, **kw)
-    return subprocess.run(cmd, **kw, timeout=timeout + 30)
+        with open(Path(workdir, "snakemake.out"), "w") as out:
+            return subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.run(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                          timeout=timeout + 30)
+
+
+def stop_snakemake(proc, timeout=60):
+    """Wait for a background Snakemake; if it is still running after `timeout` s, SIGTERM (which `timeout`
+    passes on; SIGKILL 10 s later). Returns its exit status."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        return proc.wait(30)
+
+
+def wait_for_path(path, timeout=60, poll=0.2):
+    """Wait until a file (e.g. one a job writes when it has started) exists; AssertionError after timeout."""
+    end = time.monotonic() + timeout
+    while not Path(path).exists():
+        assert time.monotonic() < end, f"{path} did not appear within {timeout}s"
+        time.sleep(poll)
 
 
 def slurm_logs(workdir):

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
 from slurm_cluster import (REPO, SITE_PROFILE, TEST_PROFILE, job_info, job_output, run_snakemake, sbatch,
-                           sbatch_wait, signal_job, slurm_cluster, slurm_logs, wait_job)  # noqa: F401
+                           sbatch_wait, signal_job, slurm_cluster, slurm_logs, stop_snakemake, wait_for_path,
+                           wait_job)  # noqa: F401
 
 LOCAL_PROFILE = REPO / "profiles" / "local"
 PROFILES = {"site": SITE_PROFILE, "test": TEST_PROFILE, "local": LOCAL_PROFILE}
@@ -43,7 +43,7 @@ def flat(d, prefix=""):
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_is_read_by_snakemake(name):
     """Snakemake's own profile reader turns the file into command-line settings."""
-    from snakemake.profiles import ProfileConfigFileParser
+    ProfileConfigFileParser = pytest.importorskip("snakemake.profiles").ProfileConfigFileParser
 
     with open(PROFILES[name] / "config.yaml") as f:
         args = ProfileConfigFileParser().parse(f)
@@ -150,7 +150,7 @@ def test_signal_reaches_the_job_steps(slurm_cluster, tmp_path):
     """What --signal=TERM@T (and a time limit or pre-emption) does: SIGTERM to the processes of the steps."""
     (tmp_path / "trainer.py").write_text(TRAINER)
     jobid = sbatch(f"#!/bin/bash\nsrun {PY} trainer.py out\n", cwd=tmp_path)
-    wait_for_file(tmp_path / "out.started", 30)
+    wait_for_path(tmp_path / "out.started", 30)
     signal_job(jobid, "TERM")
     assert wait_job(jobid, 30) == "FAILED"
     assert job_info(jobid)["ExitCode"] == "75:0"
@@ -180,7 +180,7 @@ def test_snakemake_cpu_and_gpu_jobs_go_through_sbatch(slurm_cluster, tmp_path):
     (cpu_job,), (gpu_job,) = logs["prep"], logs["unmt"]
     for jobid in (cpu_job, gpu_job):
         assert job_info(jobid)["JobState"] == "COMPLETED"
-    assert "gres/gpu=1" in job_info(gpu_job)["TRES"] and "gpu" not in job_info(cpu_job)["TRES"]
+    assert job_info(gpu_job)["TresPerJob"] == "gres:gpu:1" and "gpu" not in job_info(cpu_job).get("TresPerJob", "")
     assert "mem=1000M" in job_info(gpu_job)["TRES"]  # the test profile's set-resources
     cpu, gpu = (json.loads((tmp_path / f).read_text()) for f in ("cpu.json", "gpu.json"))
     assert gpu.get("CUDA_VISIBLE_DEVICES") == "0"
@@ -199,25 +199,15 @@ def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
         """))
     sm = run_snakemake(tmp_path, timeout=240, background=True)
     try:
-        wait_for_file(tmp_path / "model.txt.started", 90)
+        wait_for_path(tmp_path / "model.txt.started", 90)
         (first,) = slurm_logs(tmp_path)["pretrain"]
         signal_job(first, "TERM")
-        out, _ = sm.communicate(timeout=200)
+        status = stop_snakemake(sm, timeout=180)
     finally:
-        sm.kill()
-    assert sm.returncode == 0, out
+        stop_snakemake(sm, timeout=0)  # still running only if something above failed
+    assert status == 0, (tmp_path / "snakemake.out").read_text()
     assert (tmp_path / "model.txt").read_text() == "resumed after SIGTERM"
     assert (tmp_path / "model.txt.started").read_text().splitlines() == ["0 None", "0 SIGTERM"]
     jobs = slurm_logs(tmp_path)["pretrain"]
     assert len(jobs) == 2
     assert [job_info(j)["JobState"] for j in sorted(jobs, key=int)] == ["FAILED", "COMPLETED"]
-
-
-# --- helpers --------------------------------------------------------------------------------------------
-
-
-def wait_for_file(path, timeout):
-    end = time.monotonic() + timeout
-    while not Path(path).exists():
-        assert time.monotonic() < end, f"{path} did not appear within {timeout}s"
-        time.sleep(0.2)

@@ -222,7 +222,7 @@ def test_sigkill_then_resume_is_deterministic(data, tmp_path, reference_run):
     assert metrics_of(tmp_path / "run.jsonl") == reference_run
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
 def test_signal_checkpoints_and_exits_75(data, tmp_path, reference_run, sig):
     p = launch(data, tmp_path, "run")
     wait_for_checkpoint(tmp_path / "run", p)
@@ -236,6 +236,15 @@ def test_signal_checkpoints_and_exits_75(data, tmp_path, reference_run, sig):
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0 and "resuming from" in out, out
     assert metrics_of(tmp_path / "run.jsonl") == reference_run
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_cpu(data, tmp_path, amp):
+    logs = []
+    res = train_mlm(mlm_cfg(run={"amp": amp, "max_epochs": 1, "epoch_size": 40}), str(tmp_path / "r"), data["vocab"],
+                    data["train"], data["valid"], log=logs.append)
+    assert any(f"amp {amp}" in m for m in logs) and res["step"] == 5
+    assert np.isfinite(res["last"]["valid_mlm_ppl"])
 
 
 # --- run directory handling -----------------------------------------------------------------------------------------
@@ -362,7 +371,8 @@ def test_ddp_two_processes_equal_one(data, tmp_path):
     assert np.allclose(one["losses"], (np.array(r0["losses"]) + np.array(r1["losses"])) / 2, atol=1e-5)
     assert r0["losses"] != r1["losses"]
     for k, v in one["state"].items():
-        assert torch.allclose(v, r0["state"][k], atol=1e-5), k
+        if "k_lin.bias" not in k:  # its gradient is 0 in theory (softmax is shift-invariant): Adam amplifies round-off
+            assert torch.allclose(v, r0["state"][k], atol=1e-5), k
         assert torch.equal(r0["state"][k], r1["state"][k]), k  # replicas stay identical
 
 
@@ -402,11 +412,7 @@ def _port_free(p: int) -> bool:
     ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, 2),
 ])
 def test_dist_from_env(monkeypatch, env, world):
-    for k in list(os.environ) + ["RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"]:
-        if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_")):
-            monkeypatch.delenv(k, raising=False)  # also restores what dist_from_env exports
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(os, "environ", clean_env(**env))  # dist_from_env exports MASTER_*/RANK: keep them local
     info = dist_from_env()
     assert info.world == world
     if "SLURM_NTASKS" in env and world > 1:

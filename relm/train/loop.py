@@ -40,6 +40,7 @@ from relm.train.schedule import lr_at
 EXIT_REQUEUE = 75
 VOLATILE_RUN_KEYS = ("threads", "log_every", "checkpoint_every", "max_nan_steps")  # may change between resumes
 RUN_FILES = ("checkpoint.pt", "checkpoint.prev.pt", "config.yaml")
+AMP_NAMES = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 class Interrupted(SystemExit):
@@ -324,7 +325,7 @@ class Trainer:
         self._install_signals()
         n_all = sum(p.numel() for m in models.values() for p in {id(q): q for q in m.parameters()}.values())
         self.log(f"{self.kind}: {n_all:,} parameters, {sum(p.numel() for p in self.params):,} trainable; "
-                 f"device {self.device}, world {self.dist.world}, amp {self.amp_dtype or 'none'}, "
+                 f"device {self.device}, world {self.dist.world}, amp {AMP_NAMES[self.amp_dtype]}, "
                  f"threads {torch.get_num_threads()}")
 
     def autocast(self):
