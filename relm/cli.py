@@ -34,7 +34,8 @@ def cmd_synth(a):
     from relm.text.synth import generate_pair
 
     kwargs = json.loads(a.settings) if a.settings else {}
-    generate_pair(a.out_dir, hmr=a.hmr, lmr=a.lmr, seed=a.seed, log=log, **kwargs)
+    seed = kwargs.pop("seed", a.seed)  # a generator may have its own seed
+    generate_pair(a.out_dir, hmr=a.hmr, lmr=a.lmr, seed=seed, log=log, **kwargs)
 
 
 def cmd_fetch(a):
@@ -89,17 +90,14 @@ def cmd_train(a):
     common = dict(run_dir=a.run_dir, vocab=a.vocab, train=_pairs(a.train, "--train"),
                   valid=_pairs(a.valid, "--valid"), test=_pairs(a.test, "--test") or None,
                   init=a.init, out=a.out, metrics_out=a.metrics, log=log)
-    try:
-        if a.objective == "mlm":
-            from relm.train.mlm import train_mlm
+    if a.objective == "mlm":
+        from relm.train.mlm import train_mlm
 
-            train_mlm(from_dict(MLMConfig, settings), extension=a.extension, **common)
-        else:
-            from relm.train.unmt import train_unmt
+        train_mlm(from_dict(MLMConfig, settings), extension=a.extension, **common)
+    else:
+        from relm.train.unmt import train_unmt
 
-            train_unmt(from_dict(UNMTConfig, settings), **common)
-    except ValueError as e:  # config errors name the key
-        raise SystemExit(f"relm train {a.objective}: {e}")
+        train_unmt(from_dict(UNMTConfig, settings), **common)
 
 
 # --- generation and evaluation -----------------------------------------------------------------
@@ -275,10 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from relm.model.checkpoint import CheckpointError
+    from relm.train.loop import NonFiniteLossError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, no traceback
+    except (FileNotFoundError, ValueError, CheckpointError, NonFiniteLossError) as e:  # one clear line
         raise SystemExit(f"relm {args.command}: error: {e}")
 
 

@@ -119,7 +119,7 @@ def mlm_settings(stage, pair=None):
     """MLMConfig as a dict for `stage` in pretrain | finetune | adapters | xlm."""
     lmr = lmr_of(pair) if pair else None
     s = merge(merge({"model": config["model"]}, config.get("mlm", {})), config.get(stage, {}))
-    s["run"] = merge({"seed": config.get("seed", 0)}, s.get("run", {}))
+    s["run"] = merge({"seed": config.get("seed", 0), "threads": train_threads()}, s.get("run", {}))
     if stage == "pretrain":
         s.update(langs=[HMR], mlm_steps=[HMR], eval_langs=[HMR])
     elif stage == "adapters":
@@ -135,7 +135,7 @@ def unmt_settings(system, pair):
     lmr = lmr_of(pair)
     model = merge(config["model"], config.get("adapters", {}).get("model", {})) if system == "relm_adapters" else config["model"]
     s = merge(merge({"model": model}, config.get("unmt", {})), config.get("unmt_systems", {}).get(system, {}))
-    s["run"] = merge({"seed": config.get("seed", 0)}, s.get("run", {}))
+    s["run"] = merge({"seed": config.get("seed", 0), "threads": train_threads()}, s.get("run", {}))
     s.update(langs=[HMR, lmr], ae_steps=[HMR, lmr], bt_steps=[f"{HMR}-{lmr}-{HMR}", f"{lmr}-{HMR}-{lmr}"])
     s = _fill(s, pair)
     from_dict(UNMTConfig, s, f"unmt_systems.{system}." if system in config.get("unmt_systems", {}) else "unmt.")
@@ -144,6 +144,12 @@ def unmt_settings(system, pair):
 
 def settings_json(settings):
     return json.dumps(settings, sort_keys=True)
+
+
+def train_threads():
+    """CPU threads of a training job (rule threads = torch threads). On a small CPU, two single-threaded jobs side
+    by side beat one two-threaded job by far: small matrices do not parallelize and threads fight for cores."""
+    return int(config.get("train_threads", 1))
 
 
 def gpus(kind):

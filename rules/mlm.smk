@@ -15,7 +15,7 @@ rule pretrain:
         relm=relm_launcher(),
         run_dir="models/{lang}/mlm",
         settings=lambda w: settings_json(mlm_settings("pretrain")),
-    threads: config.get("threads", 1)
+    threads: train_threads()
     resources:
         runtime=runtime("pretrain"),
     conda:
@@ -50,7 +50,7 @@ rule finetune:
         corpora=lambda w: " ".join(
             corpus_args(f"--{split}", finetune_corpora(w, split)) for split in ("train", "valid", "test")
         ),
-    threads: config.get("threads", 1)
+    threads: train_threads()
     resources:
         runtime=runtime("finetune"),
     conda:
@@ -79,7 +79,7 @@ rule xlm_mlm:
         run_dir="models/{pair}/xlm/mlm",
         settings=lambda w: settings_json(mlm_settings("xlm", w.pair)),
         corpora=lambda w: " ".join(corpus_args(f"--{s}", xlm_corpora(w, s)) for s in ("train", "valid", "test")),
-    threads: config.get("threads", 1)
+    threads: train_threads()
     resources:
         runtime=runtime("xlm_mlm"),
     conda:

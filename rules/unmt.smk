@@ -17,7 +17,7 @@ rule unmt:
         run_dir="models/{pair}/{system}/unmt",
         settings=lambda w: settings_json(unmt_settings(w.system, w.pair)),
         corpora=lambda w: " ".join(corpus_args(f"--{s}", unmt_corpora(w, s)) for s in ("train", "valid", "test")),
-    threads: config.get("threads", 1)
+    threads: train_threads()
     resources:
         runtime=runtime("unmt"),
     conda:

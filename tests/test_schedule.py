@@ -23,7 +23,8 @@ def test_lambda_values(spec, it, value):
     assert Lambda(spec)(it) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("spec", ["", "abc", "0:1,", "0:1,10", "a:1,5:2", "10:1,5:2", "0:1,0:2", "0:x", "-5:1,3:2", "nan"])
+@pytest.mark.parametrize("spec", ["", "abc", "0:1,", "0:1,10", "a:1,5:2", "10:1,5:2", "0:1,0:2", "0:x", "-5:1,3:2",
+                                  "nan"])
 def test_lambda_errors_name_the_string(spec):
     with pytest.raises(ValueError) as e:
         Lambda(spec, "lambda_ae")

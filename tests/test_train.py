@@ -73,7 +73,8 @@ def data(tmp_path_factory):
 
 
 def metrics_of(path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in Path(path).read_text().splitlines()]
+    lines = Path(path).read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
 
 
 # --- batches --------------------------------------------------------------------------------------------------------
@@ -153,12 +154,14 @@ def test_mlm_learns_and_writes_outputs(data, tmp_path):
         assert hist[-1][f"valid_{lg}_mlm_ppl"] < 0.7 * hist[0][f"valid_{lg}_mlm_ppl"]
         assert {f"test_{lg}_mlm_ppl", f"test_{lg}_mlm_acc", "valid_mlm_ppl"} <= set(hist[-1])
     loaded = load_model(tmp_path / "out.pt")
-    assert loaded.kind == "mlm" and loaded.langs == ["hx", "lx"] and loaded.words == Dictionary.read_vocab(data["vocab"]).words
+    assert loaded.kind == "mlm" and loaded.langs == ["hx", "lx"]
+    assert loaded.words == Dictionary.read_vocab(data["vocab"]).words
     best = min(h["valid_mlm_ppl"] for h in hist)
     assert res["best"]["valid_mlm_ppl"] == best
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "best-valid_mlm_ppl.pt").is_file()
     ck = safe_load(tmp_path / "run" / "checkpoint.pt")
-    assert ck["trainer"]["done"] and ck["trainer"]["step"] == res["step"] and "optimizer" in ck and len(ck["ranks"]) == 1
+    assert ck["trainer"]["done"] and ck["trainer"]["step"] == res["step"]
+    assert "optimizer" in ck and len(ck["ranks"]) == 1
 
 
 def test_lambda_zero_makes_no_update(data, tmp_path):
@@ -241,9 +244,9 @@ def test_signal_checkpoints_and_exits_75(data, tmp_path, reference_run, sig):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_on_cpu(data, tmp_path, amp):
     logs = []
-    res = train_mlm(mlm_cfg(run={"amp": amp, "max_epochs": 1, "epoch_size": 40}), str(tmp_path / "r"), data["vocab"],
+    res = train_mlm(mlm_cfg(run={"amp": amp, "max_epochs": 1, "epoch_size": 48}), str(tmp_path / "r"), data["vocab"],
                     data["train"], data["valid"], log=logs.append)
-    assert any(f"amp {amp}" in m for m in logs) and res["step"] == 5
+    assert any(f"amp {amp}" in m for m in logs) and res["step"] == 6
     assert np.isfinite(res["last"]["valid_mlm_ppl"])
 
 

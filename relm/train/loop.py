@@ -5,7 +5,8 @@ the optimizer and its learning-rate schedule, skipping non-finite losses, epochs
 bookkeeping (best-<metric>.pt, stopping criterion, metric history), resume checkpoints and signals.
 
 Run directory: `config.yaml` (resolved config, written at start), `checkpoint.pt` (resume checkpoint, every
-`checkpoint_every` updates and at every epoch end; the one before it is kept as `checkpoint.prev.pt`), `best-<metric>.pt`.
+`checkpoint_every` updates and at every epoch end; the one before it is kept as `checkpoint.prev.pt`),
+`best-<metric>.pt`.
 Starting a run again on the same directory resumes from `checkpoint.pt` when its config and inputs equal the new ones;
 otherwise the old run files are renamed to `*.stale-<n>` and training starts fresh.
 
@@ -185,13 +186,13 @@ def _plain(x):
 # --- the trainer ---------------------------------------------------------------------------------------------------
 
 class Trainer:
-    """One training run. Usage: Trainer(...) -> attach(models, net, params, iterators) -> run(iteration, evaluate)
+    """One training run. Usage: Trainer(...) -> attach(models, net, iterators) -> run(iteration, evaluate)
     -> finish(out, metrics_out). `iteration()` does one XLM iteration (calls `optimize` once per step),
     `evaluate()` returns {metric: value} (called on the master only)."""
 
     def __init__(self, cfg, kind: str, run_dir: str | Path, inputs: dict, langs: list[str], words: list[str],
                  counts: list[int], metric_names: list[str] | None = None, log=print):
-        self.cfg, self.kind, self.inputs = cfg, kind, _plain(inputs)
+        self.cfg, self.kind, self.inputs = cfg, kind, json.loads(json.dumps(inputs, default=str))
         self.langs, self.words, self.counts = list(langs), list(words), list(counts)
         self.run_dir = Path(run_dir)
         self._log = log
@@ -525,7 +526,8 @@ class Trainer:
             if b is None or (v < b if smaller else v > b):
                 self.best[name] = v
                 if self.dist.is_master:
-                    self.save_weights(self.run_dir / f"best-{name}.pt", step=self.step, epoch=self.epoch, metrics=record)
+                    self.save_weights(self.run_dir / f"best-{name}.pt", step=self.step, epoch=self.epoch,
+                                      metrics=record)
                 self.log(f"new best {name}: {v:.4g}")
         stop = False
         if self.stopping:

@@ -107,10 +107,10 @@ def load_init(model: TransformerModel, init: str, dico: Dictionary, langs: list[
             raise CheckpointError(f"vocabulary extension mismatch: {init} has {len(words)} words, {extension} adds "
                                   f"n_new={n_new}, but the dictionary {dico.source} has {len(dico)} words "
                                   f"(expected {len(words) + n_new})")
-        for key, v in (("n_words_hmr", len(words)), ("n_words_ext", len(dico))):
+        for key, v, where in (("n_words_hmr", len(words), f"checkpoint {init}"),
+                              ("n_words_ext", len(dico), f"dictionary {dico.source}")):
             if key in side and int(side[key]) != v:
-                raise CheckpointError(f"{extension}: {key} = {side[key]} but {v} was found "
-                                      f"({'checkpoint ' + init if key == 'n_words_hmr' else 'dictionary ' + dico.source})")
+                raise CheckpointError(f"{extension}: {key} = {side[key]} but {where} has {v} words")
         try:
             Dictionary.from_words(words).check_prefix_of(dico)
         except ValueError as e:
@@ -155,6 +155,9 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
 
     dico = Dictionary.read_vocab(vocab)
     train_c = open_corpora({lg: train[lg] for lg in sorted(set(steps))}, dico, vocab, "train")
+    empty = [str(c.path) for c in train_c.values() if len(c.tok) == 0]
+    if empty:
+        raise ValueError(f"empty training corpora: {', '.join(empty)}")
     evals = {split: open_corpora({lg: p for lg, p in paths.items() if lg in eval_langs}, dico, vocab, split)
              for split, paths in (("valid", valid), ("test", test))}
     metric_names = []

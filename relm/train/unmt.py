@@ -3,8 +3,9 @@
 One iteration: AE steps (ae_steps in random order; noisy -> clean, loss * lambda_ae, skipped while lambda_ae is 0),
 then BT steps (bt_steps "l1-l2-l1" in random order: greedy l1 -> l2 translation in eval mode without gradients, then a
 teacher-forced l2 -> l1 step on the synthetic pair). Every step is its own optimizer update; the lambdas follow their
-schedules in iterations. After every epoch: teacher-forced ppl/acc and BLEU (greedy, or beam when beam_size > 1; de-BPE'd
-tokens scored like multi-bleu.perl) for each direction of bt_steps on valid (and test): {split}_{l1}-{l2}_mt_{ppl,acc,bleu}.
+schedules in iterations. After every epoch: teacher-forced ppl/acc and BLEU (greedy, or beam when beam_size > 1;
+de-BPE'd tokens scored like multi-bleu.perl) for each direction of bt_steps on valid (and test):
+{split}_{l1}-{l2}_mt_{ppl,acc,bleu}.
 """
 from __future__ import annotations
 
@@ -60,7 +61,8 @@ def build_models(cfg: UNMTConfig, init: str | None, dico: Dictionary, langs: lis
     redraw_lang_emb), or from a UNMT checkpoint."""
     n_words, n_langs = len(dico), len(langs)
     if not init:
-        return (TransformerModel(cfg.model, n_words, n_langs, False), TransformerModel(cfg.model, n_words, n_langs, True))
+        return (TransformerModel(cfg.model, n_words, n_langs, False),
+                TransformerModel(cfg.model, n_words, n_langs, True))
     ck = safe_load(init)
     if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("kind") not in ("mlm", "unmt"):
         raise CheckpointError(f"{init} is not a relm MLM or UNMT checkpoint")
