@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 
 
+CLEAN_ERRORS = ("CheckpointError", "NonFiniteLossError")
+
+
 def log(*msg) -> None:
     print(*msg, file=sys.stderr, flush=True)
 
@@ -273,14 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from relm.model.checkpoint import CheckpointError
-    from relm.train.loop import NonFiniteLossError
-
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, CheckpointError, NonFiniteLossError) as e:  # one clear line
-        raise SystemExit(f"relm {args.command}: error: {e}")
+    except Exception as e:  # bad input and broken checkpoints: one clear line, no traceback
+        # Matched by name so that the light commands (tokenize, bpe, ...) need not import torch.
+        if isinstance(e, (FileNotFoundError, ValueError)) or type(e).__name__ in CLEAN_ERRORS:
+            raise SystemExit(f"relm {args.command}: error: {e}")
+        raise
 
 
 if __name__ == "__main__":

@@ -96,3 +96,23 @@ def test_per_pair_target_leaves_other_pairs_alone(tmp_path):
     snakemake(tmp_path, "--cores", "2", "results/scores.tsv", config=path)
     pairs = {r["pair"] for r in csv.DictReader((tmp_path / "results/scores.tsv").open(), delimiter="\t")}
     assert pairs == {"lx-hx", "ly-hx"}
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("direction", ["hx-lx", "lx-hx"])
+def test_every_system_learns_to_translate(learning_run, system, direction):
+    """Unsupervised MT works on the demo pair: test BLEU clearly above the copy baseline (source as translation)."""
+    wd, _ = learning_run
+    score = json.loads((wd / f"results/lx-hx/{system}/test.{direction}.json").read_text())
+    bleu, copy = score["metrics"]["bleu"]["score"], score["copy_bleu"]
+    assert bleu >= copy + 1.0, f"{system} {direction}: BLEU {bleu:.2f} vs copy baseline {copy:.2f}"
+
+
+def test_learning_curves_go_the_right_way(learning_run):
+    """Validation MLM perplexity falls during pretraining; validation BLEU rises during UNMT."""
+    wd, _ = learning_run
+    pre = [json.loads(l) for l in (wd / "models/hx/mlm/metrics.jsonl").read_text().splitlines()]
+    assert pre[-1]["valid_hx_mlm_ppl"] < pre[0]["valid_hx_mlm_ppl"]
+    for system in SYSTEMS:
+        hist = [json.loads(l) for l in (wd / f"models/lx-hx/{system}/unmt/metrics.jsonl").read_text().splitlines()]
+        assert max(h["valid_lx-hx_mt_bleu"] for h in hist) > 1.0

@@ -34,6 +34,19 @@ def tiny_config(**overrides) -> dict:
     return cfg
 
 
+def learning_config() -> dict:
+    """The demo with shorter schedules and 200-line eval sets: every system learns to translate above the copy
+    baseline in a few CPU minutes (the end-to-end learning test)."""
+    cfg = copy.deepcopy(demo_config())
+    cfg["synthetic"]["demo"].update(n_hmr=50000, n_valid=200, n_test=200)
+    cfg["pretrain"]["run"]["max_steps"] = 800
+    cfg["xlm"]["run"]["max_steps"] = 1000
+    for stage in ("finetune", "adapters"):
+        cfg[stage]["run"]["max_steps"] = 400
+    cfg["unmt"]["run"].update(max_steps=800, epoch_size=12800)
+    return cfg
+
+
 def write_config(path: Path, cfg: dict) -> Path:
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
