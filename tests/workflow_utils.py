@@ -39,6 +39,7 @@ def learning_config() -> dict:
     baseline in a few CPU minutes (the end-to-end learning test)."""
     cfg = copy.deepcopy(demo_config())
     cfg["synthetic"]["demo"].update(n_hmr=50000, n_valid=200, n_test=200)
+    cfg["mlm"]["run"]["epoch_size"] = 6400  # an evaluation every 200 steps
     cfg["pretrain"]["run"]["max_steps"] = 800
     cfg["xlm"]["run"]["max_steps"] = 1000
     for stage in ("finetune", "adapters"):
