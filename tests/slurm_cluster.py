@@ -213,3 +213,29 @@ def slurm_logs(workdir):
         rule = log.relative_to(root).parts[0].removeprefix("rule_")
         logs.setdefault(rule, {})[log.stem] = log
     return logs
+
+
+def slurm_group_logs(workdir):
+    """{folder: {jobid: log path}} of the group jobs (`--groups`) the SLURM executor submitted from `workdir`, with
+    folder "<group>_<its rules>" (.snakemake/slurm_logs/group_<group>_<rules, joined by _, cut with ...>/<jobid>.log).
+    The rules a group job ran are in its log: see rules_in_group_log."""
+    logs = {}
+    root = Path(workdir, ".snakemake", "slurm_logs")
+    for log in sorted(root.glob("group_*/**/*.log")):
+        folder = log.relative_to(root).parts[0].removeprefix("group_")
+        logs.setdefault(folder, {})[log.stem] = log
+    return logs
+
+
+def rules_in_group_log(log):
+    """The rule of every job a group job ran, in order, from its SLURM log (the slurm-jobstep executor starts each
+    one as `localrule <rule>:` in a Snakemake of its own)."""
+    return re.findall(r"^localrule (\w+):$", Path(log).read_text(), flags=re.M)
+
+
+def job_gres(jobid):
+    """The generic resources SLURM allocated to a job (`scontrol -d show job`: JOB_GRES, e.g. "gpu:1"); "" when
+    none or once the controller has forgotten the job."""
+    r = _sh(["scontrol", "-d", "show", "job", str(jobid)], timeout=10, check=False)
+    m = re.search(r"\bJOB_GRES=(\S+)", r.stdout) if r.returncode == 0 else None
+    return "" if m is None or m.group(1) == "(null)" else m.group(1)
