@@ -204,27 +204,26 @@ def wait_for_path(path, timeout=60, poll=0.2):
         time.sleep(poll)
 
 
+def _logs_by_folder(workdir, prefix):
+    """{folder without prefix: {jobid: log path}} under .snakemake/slurm_logs/<prefix>*/."""
+    logs = {}
+    root = Path(workdir, ".snakemake", "slurm_logs")
+    for log in sorted(root.glob(f"{prefix}*/**/*.log")):
+        logs.setdefault(log.relative_to(root).parts[0].removeprefix(prefix), {})[log.stem] = log
+    return logs
+
+
 def slurm_logs(workdir):
     """{rule: {jobid: log path}} of the jobs the SLURM executor submitted from `workdir` (all of them are kept
     with slurm-keep-successful-logs, which the test profile sets)."""
-    logs = {}
-    root = Path(workdir, ".snakemake", "slurm_logs")
-    for log in sorted(root.glob("rule_*/**/*.log")):
-        rule = log.relative_to(root).parts[0].removeprefix("rule_")
-        logs.setdefault(rule, {})[log.stem] = log
-    return logs
+    return _logs_by_folder(workdir, "rule_")
 
 
 def slurm_group_logs(workdir):
     """{folder: {jobid: log path}} of the group jobs (`--groups`) the SLURM executor submitted from `workdir`, with
     folder "<group>_<its rules>" (.snakemake/slurm_logs/group_<group>_<rules, joined by _, cut with ...>/<jobid>.log).
     The rules a group job ran are in its log: see rules_in_group_log."""
-    logs = {}
-    root = Path(workdir, ".snakemake", "slurm_logs")
-    for log in sorted(root.glob("group_*/**/*.log")):
-        folder = log.relative_to(root).parts[0].removeprefix("group_")
-        logs.setdefault(folder, {})[log.stem] = log
-    return logs
+    return _logs_by_folder(workdir, "group_")
 
 
 def rules_in_group_log(log):
