@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 
-CLEAN_ERRORS = ("CheckpointError", "NonFiniteLossError")
+from relm.errors import RelmError
 
 
 def log(*msg) -> None:
@@ -280,8 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except Exception as e:  # bad input and broken checkpoints: one clear line, no traceback
-        # Matched by name so that the light commands (tokenize, bpe, ...) need not import torch.
-        if isinstance(e, (FileNotFoundError, ValueError)) or type(e).__name__ in CLEAN_ERRORS:
+        if isinstance(e, (RelmError, FileNotFoundError, ValueError)):
             raise SystemExit(f"relm {args.command}: error: {e}")
         raise
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from relm.files import atomic_write_text
+
 
 @dataclass
 class ModelConfig:
@@ -165,10 +167,7 @@ def to_dict(cfg) -> dict:
 
 def dump_yaml(cfg, path: str | Path) -> None:
     """Write a resolved config atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg, sort_keys=False))
 
 
 def load_settings(config_file: str | None = None, settings_json: str | None = None) -> dict:

@@ -7,10 +7,38 @@ and a hypothesis that reaches max_len is closed with EOS in place of its last wo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from relm.model.transformer import TransformerModel, reorder_cache
+
+
+@dataclass(frozen=True)
+class LengthLimit:
+    """Longest generated sequence (BOS and EOS counted) = a * source length + b, capped at the model's positions.
+    per_batch: one limit for the batch from its longest source (XLM); else one per sentence, so that a line's output
+    does not depend on its batch mates."""
+
+    a: float
+    b: int
+    per_batch: bool = True
+
+    def __call__(self, src_len: torch.Tensor, max_positions: int):
+        if self.per_batch:
+            return min(int(self.a * src_len.max().item() + self.b), max_positions)
+        return (src_len.double() * self.a + self.b).long().clamp(max=max_positions)
+
+
+# The three places that generate, with the original's limits (XLM/RE-LM src/trainer.py bt_step and
+# src/evaluation/evaluator.py evaluate_mt); `relm translate` takes a and b from TranslateConfig.
+BACK_TRANSLATION = LengthLimit(1.3, 5)
+VALIDATION = LengthLimit(1.5, 10)
+
+
+def translation_limit(a: float, b: int) -> LengthLimit:
+    return LengthLimit(a, b, per_batch=False)
 
 
 def _max_lengths(max_len, bs: int, device) -> torch.Tensor:

@@ -12,11 +12,13 @@ import warnings
 
 import torch
 
-from relm.data.dictionary import EOS, N_SPECIAL, PAD, UNK, Dictionary
-from relm.generate import generate_beam, generate_greedy
-from relm.model.checkpoint import CheckpointError, LoadedModel, load_model
+from relm.data.dictionary import Dictionary
+from relm.tokens import EOS, N_SPECIAL, PAD, UNK
+from relm.generate import generate_beam, generate_greedy, translation_limit
+from relm.errors import CheckpointError
+from relm.model.checkpoint import LoadedModel, load_model
 from relm.text.bpe import BPE
-from relm.text.fetch import atomic_output
+from relm.files import atomic_output
 from relm.text.tokenize import detokenize_line, iter_lines, normalize_tokenize_line, remove_bpe
 
 
@@ -77,8 +79,7 @@ def translate_ids(loaded: LoadedModel, batch_ids: list[list[int]], src_id: int, 
         x[i, 1 : len(s) + 1] = torch.tensor(s, dtype=torch.long)
         x[i, len(s) + 1] = EOS
     src_enc = enc(x, lengths, torch.full_like(x, src_id), causal=False)
-    # XLM uses int(a * max batch length + b); per sentence makes a line's output independent of its batch mates
-    max_len = (lengths.double() * max_len_a + max_len_b).long().clamp(max=loaded.model_config.max_positions)
+    max_len = translation_limit(max_len_a, max_len_b)(lengths, loaded.model_config.max_positions)
     if beam_size == 1:
         out, out_len = generate_greedy(dec, src_enc, lengths, tgt_id, max_len)
     else:

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from relm.data.corpus import Corpus, binarize
-from relm.data.dictionary import UNK, Dictionary
-from relm.text.errors import InputError
+from relm.data.dictionary import Dictionary
+from relm.tokens import UNK
+from relm.errors import InputError
 from relm.text.vocab import count_vocab, extend_vocab
 
 TEXT = "the cat@@ s sat\n\nна ма@@ са\nthe the\n"

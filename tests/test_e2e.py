@@ -2,7 +2,6 @@
 run configs, per-pair targets that leave other pairs alone."""
 import csv
 import json
-import os
 
 import pytest
 import yaml

@@ -10,8 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from relm.text.errors import InputError
-from relm.text.fetch import fetch, sha256_file
+from relm.errors import InputError
+from relm.files import sha256_file
+from relm.text.fetch import fetch
 
 TEXT = "".join(f"line {i} ünïcode\n" for i in range(3000)).encode()
 quiet = lambda *a: None  # noqa: E731

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from relm.config import ModelConfig
-from relm.model.checkpoint import CheckpointError, atomic_save, load_model, safe_load, save_model
+from relm.errors import CheckpointError
+from relm.files import atomic_torch_save
+from relm.model.checkpoint import load_model, safe_load, save_model
 from relm.model.extend import build_unmt_from_mlm, extend_state_dict, load_extended
 from relm.model.transformer import TransformerModel, set_adapter_finetuning, trainable_parameters_for_adapters
 
@@ -179,7 +181,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     # "module." prefixes are stripped
     raw = safe_load(p)
     raw["encoder"] = {"module." + k: v for k, v in raw["encoder"].items()}
-    atomic_save(raw, tmp_path / "ddp.pth")
+    atomic_torch_save(raw, tmp_path / "ddp.pth")
     assert torch.equal(load_model(tmp_path / "ddp.pth").encoder(x, lengths), e)
     # truncated / missing / wrong kind of file
     data = p.read_bytes()
@@ -193,7 +195,7 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
 
 
 def test_atomic_save_leaves_no_temp(tmp_path):
-    atomic_save({"a": torch.ones(2)}, tmp_path / "sub" / "x.pth")
+    atomic_torch_save({"a": torch.ones(2)}, tmp_path / "sub" / "x.pth")
     assert [q.name for q in (tmp_path / "sub").iterdir()] == ["x.pth"]
 
 

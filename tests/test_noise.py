@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relm.data.batches import pad_batch
-from relm.data.noise import MASK, PAD, add_noise, word_blank, word_dropout, word_shuffle
+from relm.tokens import MASK, PAD
+from relm.data.noise import add_noise, word_blank, word_dropout, word_shuffle
 
 # sentences of distinct word ids (so that each word can be followed), 0..12 words
 sentences = st.lists(st.lists(st.integers(14, 200), min_size=0, max_size=12, unique=True), min_size=1, max_size=6)

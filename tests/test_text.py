@@ -8,7 +8,7 @@ from subword_nmt.apply_bpe import BPE as RefBPE
 from subword_nmt.learn_bpe import learn_bpe as ref_learn_bpe
 
 from relm.text.bpe import BPE, apply_file, learn_codes
-from relm.text.errors import InputError
+from relm.errors import InputError
 from relm.text.tokenize import (
     check_parallel,
     detokenize_line,

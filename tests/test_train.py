@@ -21,10 +21,12 @@ from relm.config import MLMConfig, UNMTConfig, from_dict, merge
 from relm.data.batches import SentenceBatches, StreamBatches, parallel_eval_batches
 from relm.data.corpus import Corpus, binarize
 from relm.data.dictionary import Dictionary
-from relm.model.checkpoint import CheckpointError, load_model, safe_load, save_model
+from relm.errors import CheckpointError
+from relm.model.checkpoint import load_model, safe_load, save_model
 from relm.model.transformer import ADAPTER_TRAINABLE_PREFIXES, TransformerModel
 from relm.text.vocab import count_vocab, extend_vocab
-from relm.train.loop import EXIT_REQUEUE, NonFiniteLossError, Trainer, dist_from_env
+from relm.errors import NonFiniteLossError
+from relm.train.loop import EXIT_REQUEUE, Trainer, dist_from_env
 from relm.train.mlm import MLMNet, train_mlm
 from relm.train.unmt import train_unmt
 

@@ -7,7 +7,8 @@ import torch
 
 from relm.config import ModelConfig
 from relm.data.dictionary import Dictionary
-from relm.model.checkpoint import CheckpointError, load_model, save_model
+from relm.errors import CheckpointError
+from relm.model.checkpoint import load_model, save_model
 from relm.model.transformer import TransformerModel
 from relm.translate import translate_file, translate_lines
 

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relm.data.dictionary import N_SPECIAL, SPECIAL_WORDS, UNK, Dictionary
-from relm.text.errors import InputError
-from relm.text.fetch import sha256_file
+from relm.data.dictionary import Dictionary
+from relm.tokens import N_SPECIAL, SPECIAL_WORDS, UNK
+from relm.errors import InputError
+from relm.files import sha256_file
 from relm.text.vocab import count_vocab, extend_vocab
 
 quiet = lambda *a: None  # noqa: E731

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from relm.config import ModelConfig
-from relm.model.checkpoint import CheckpointError, load_model
+from relm.errors import CheckpointError
+from relm.model.checkpoint import load_model
 from relm.model.transformer import TransformerModel
 from relm.model.xlm import convert_xlm_checkpoint
 

@@ -12,8 +12,7 @@ import math
 import numpy as np
 import torch
 
-BOS = EOS = 1
-PAD = 2
+from relm.tokens import BOS, EOS, PAD
 
 
 def corpus_arrays(corpus) -> tuple[np.ndarray, np.ndarray]:

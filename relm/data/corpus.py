@@ -14,9 +14,10 @@ from typing import Callable
 
 import numpy as np
 
-from relm.data.dictionary import UNK, Dictionary
-from relm.text.errors import InputError, eprint
-from relm.text.fetch import atomic_output, sha256_file
+from relm.data.dictionary import Dictionary
+from relm.tokens import UNK
+from relm.errors import InputError, eprint
+from relm.files import atomic_output, sha256_file
 from relm.text.tokenize import iter_lines
 
 

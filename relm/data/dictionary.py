@@ -3,19 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from relm.text.errors import InputError
+from relm.errors import InputError
 
-BOS, EOS, PAD, UNK = 0, 1, 2, 3
-SEP, MASK = 4, 5  # <special0>, <special1>
-N_SPECIAL = 14
-SPECIAL_WORDS = ["<s>", "</s>", "<pad>", "<unk>"] + [f"<special{i}>" for i in range(10)]
-UNK_WORD = "<unk>"
+from relm.tokens import N_SPECIAL, SPECIAL_WORDS, UNK
 
 
 class Dictionary:
     """Ids in `words` order; `counts[i]` is the corpus count of word i (0 for the specials)."""
-
-    BOS, EOS, PAD, UNK, SEP, MASK = BOS, EOS, PAD, UNK, SEP, MASK
 
     def __init__(self, words: list[str], counts: list[int], source: str = "<memory>"):
         if list(words[:N_SPECIAL]) != SPECIAL_WORDS:

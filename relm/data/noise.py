@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-EOS, PAD, MASK = 1, 2, 5
+from relm.tokens import EOS, MASK, PAD
 
 
 def word_shuffle(x: torch.Tensor, lengths: torch.Tensor, k: float, rng: np.random.RandomState):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from relm.evaluate.tables import COPY, SYSTEMS, directions  # noqa: E402
+from relm.files import atomic_output  # noqa: E402
 
 MLM_PPL = re.compile(r"^valid_(.+)_mlm_ppl$")
 MT_BLEU = re.compile(r"^valid_(.+)_mt_bleu$")
@@ -51,12 +51,9 @@ def _series(records: list[dict], pattern: re.Pattern) -> dict[str, tuple[list, l
 
 
 def _save(fig, out_png) -> None:
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp{os.getpid()}")
-    fig.savefig(tmp, format="png", dpi=100)
+    with atomic_output(out_png, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
-    tmp.replace(out_png)
 
 
 def _no_data(ax, what: str) -> None:

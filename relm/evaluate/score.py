@@ -16,20 +16,13 @@ from typing import NamedTuple, Sequence
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
+from relm.files import atomic_write_text
 from relm.text.tokenize import iter_lines, normalize_tokenize_line
 
 
 def read_lines(path: str | Path) -> list[str]:
     """Lines of a UTF-8 text file without their line ends (split on "\\n" only; bad UTF-8 names file and line)."""
     return list(iter_lines(path))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def write_json(obj, path: str | Path) -> None:

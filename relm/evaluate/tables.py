@@ -15,7 +15,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from relm.evaluate.score import atomic_write_text, paired_bootstrap_many, read_lines, tokenize_lines
+from relm.files import atomic_write_text
+from relm.evaluate.score import paired_bootstrap_many, read_lines, tokenize_lines
 
 SYSTEMS = {"xlm": "XLM", "relm": "RE-LM", "relm_adapters": "RE-LM + adapters"}
 METRIC_TITLES = {

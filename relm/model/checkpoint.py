@@ -1,4 +1,4 @@
-"""relm checkpoints: atomic writing, safe loading (weights_only) and rebuilding models.
+"""relm checkpoints: writing, safe loading (weights_only) and rebuilding models.
 
 Format ("relm-v1"): torch.save of plain python/tensor types only:
   {"format", "kind": "mlm" | "unmt", "model" (mlm) | "encoder" + "decoder" (unmt): state dicts with XLM key names,
@@ -7,48 +7,19 @@ Format ("relm-v1"): torch.save of plain python/tensor types only:
 from __future__ import annotations
 
 import dataclasses
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from relm.config import ModelConfig, from_dict
+from relm.errors import CheckpointError
+from relm.files import atomic_torch_save
 from relm.model.transformer import TransformerModel
 
 FORMAT = "relm-v1"
 MODEL_NAMES = {"mlm": ("model",), "unmt": ("encoder", "decoder")}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, truncated, corrupt, unsafe, or does not match the model/dictionary."""
-
-
-def atomic_save(obj, path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def safe_load(path, map_location="cpu"):
@@ -107,7 +78,7 @@ def save_model(path, kind: str, models: dict, model_config, langs, words, counts
     obj.update(model_config=dict(model_config), n_langs=len(langs), langs=list(langs), words=list(words),
                counts=[int(c) for c in counts], config=config)
     obj.update(extra)
-    atomic_save(obj, path)
+    atomic_torch_save(obj, path)
 
 
 @dataclass

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from relm.config import ModelConfig
-from relm.model.checkpoint import CheckpointError, strip_module_prefix
+from relm.errors import CheckpointError
+from relm.model.checkpoint import strip_module_prefix
 from relm.model.transformer import TransformerModel
 
 EXTENDED_KEYS = ("embeddings.weight", "pred_layer.proj.weight", "pred_layer.proj.bias")

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from relm.config import ModelConfig
+from relm.tokens import EOS, PAD
 
 LN_EPS = 1e-12  # XLM's LayerNorm eps
 
@@ -109,8 +110,8 @@ def adapter(dim: int, size: int) -> nn.Sequential:
 
 
 class TransformerModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, n_words: int, n_langs: int, is_decoder: bool, pad_index: int = 2,
-                 eos_index: int = 1, use_adapters: bool | None = None):
+    def __init__(self, cfg: ModelConfig, n_words: int, n_langs: int, is_decoder: bool, pad_index: int = PAD,
+                 eos_index: int = EOS, use_adapters: bool | None = None):
         super().__init__()
         self.cfg, self.n_words, self.n_langs, self.is_decoder = cfg, n_words, n_langs, is_decoder
         self.pad_index, self.eos_index = pad_index, eos_index

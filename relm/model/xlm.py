@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from relm.config import ModelConfig
-from relm.model.checkpoint import CheckpointError, build_and_load, load_error_detail, save_model, strip_module_prefix
+from relm.errors import CheckpointError
+from relm.model.checkpoint import build_and_load, load_error_detail, save_model, strip_module_prefix
 
 
 def _numpy_globals() -> list:

@@ -16,8 +16,8 @@ from typing import Callable
 import subword_nmt.learn_bpe as _learn
 from tqdm import tqdm
 
-from relm.text.errors import InputError, eprint
-from relm.text.fetch import atomic_output, count_lines
+from relm.errors import InputError, eprint
+from relm.files import atomic_output, count_lines
 from relm.text.tokenize import iter_lines
 
 SEP = "@@"

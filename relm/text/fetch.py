@@ -1,14 +1,11 @@
 """Getting raw corpora: copy a local file or download one (resumable, checksummed), unpack it, optionally sample lines.
 
-Also the two small file helpers every writer in relm.text / relm.data uses: `atomic_output` and `sha256_file`.
 """
 from __future__ import annotations
 
 import gzip
-import hashlib
 import http.client
 import lzma
-import os
 import random
 import shutil
 import urllib.error
@@ -18,33 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from relm.text.errors import InputError, eprint
-
-CHUNK = 1 << 20
-
-
-@contextmanager
-def atomic_output(path: str | Path, mode: str = "w") -> Iterator:
-    """Open a hidden temp file next to `path`; rename it onto `path` only if the block finishes without error."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": "\n"}
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
+from relm.errors import InputError, eprint
+from relm.files import CHUNK, atomic_output, count_lines, sha256_file
 
 
 def _download(url: str, part: Path, retries: int, timeout: float, log: Callable) -> None:
@@ -111,16 +83,6 @@ def _open_unpacked(path: Path, fmt: str, member: str | None, name: str) -> Itera
         raise InputError(f"unknown format {fmt!r} for {name} (gz, xz, zip or plain)")
     with f:
         yield f
-
-
-def count_lines(path: str | Path) -> int:
-    """Number of lines ("\\n"-terminated, plus an unterminated last one)."""
-    n, last = 0, b"\n"
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            n += block.count(b"\n")
-            last = block[-1:]
-    return n + (last != b"\n")
 
 
 def fetch(

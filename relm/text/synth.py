@@ -23,10 +23,11 @@ by private random.Random instances seeded from `seed`, so the same arguments giv
 from __future__ import annotations
 
 import bisect
-import os
 import random
 import time
 from pathlib import Path
+
+from relm.files import atomic_output
 
 NOUN, VERB, ADJ, PREP, ADV = "NOUN", "VERB", "ADJ", "PREP", "ADV"
 CLASSES = (NOUN, VERB, ADJ, PREP, ADV)
@@ -356,10 +357,8 @@ class SynthPair:
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_output(path) as f:
         f.write("\n".join(lines) + "\n" if lines else "")
-    os.replace(tmp, path)
 
 
 def generate_pair(out_dir, hmr: str = "hx", lmr: str = "lx", seed: int = 0, n_hmr: int = 100000,

@@ -18,8 +18,8 @@ import regex
 from sacremoses import MosesDetokenizer, MosesPunctNormalizer, MosesTokenizer
 from tqdm import tqdm
 
-from relm.text.errors import InputError, eprint
-from relm.text.fetch import atomic_output, count_lines
+from relm.errors import InputError, eprint
+from relm.files import atomic_output, count_lines
 
 MAX_LINE_LEN = 10000  # characters; longer lines are almost always a broken file (no newlines, binary data)
 BOM = b"\xef\xbb\xbf"

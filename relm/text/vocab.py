@@ -12,8 +12,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
-from relm.text.errors import InputError, eprint
-from relm.text.fetch import atomic_output, sha256_file
+from relm.errors import InputError, eprint
+from relm.tokens import N_SPECIAL
+from relm.files import atomic_output, sha256_file
 
 
 def count_vocab(inputs: list[str | Path], out: str | Path, log: Callable = eprint) -> int:
@@ -88,8 +89,8 @@ def extend_vocab(
         "hmr_tokens": len(hmr_rows),
         "lmr_tokens": len(lmr_rows),
         "ext_tokens": len(hmr_rows) + len(new),
-        "n_words_hmr": 14 + len(hmr_rows),
-        "n_words_ext": 14 + len(hmr_rows) + len(new),
+        "n_words_hmr": N_SPECIAL + len(hmr_rows),
+        "n_words_ext": N_SPECIAL + len(hmr_rows) + len(new),
         "hmr_vocab_sha256": sha256_file(hmr_vocab),
         "lmr_vocab_sha256": sha256_file(lmr_vocab),
     }

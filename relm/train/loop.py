@@ -35,7 +35,9 @@ import torch.nn as nn
 import yaml
 
 from relm.config import dump_yaml, to_dict
-from relm.model.checkpoint import CheckpointError, atomic_save, safe_load, save_model
+from relm.errors import CheckpointError, NonFiniteLossError
+from relm.files import atomic_torch_save, atomic_write_text
+from relm.model.checkpoint import safe_load, save_model
 from relm.train.schedule import lr_at
 
 EXIT_REQUEUE = 75
@@ -50,10 +52,6 @@ class Interrupted(SystemExit):
     def __init__(self, signum: int):
         super().__init__(EXIT_REQUEUE)
         self.signum = signum
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many consecutive optimizer steps had a NaN/inf loss or gradient."""
 
 
 # --- processes and devices ---------------------------------------------------------------------------------------
@@ -561,13 +559,10 @@ class Trainer:
             best_file = f if f.is_file() else None
         if self.dist.is_master:
             if metrics_out:
-                Path(metrics_out).parent.mkdir(parents=True, exist_ok=True)
-                tmp = Path(f"{metrics_out}.tmp")
-                tmp.write_text("".join(json.dumps(r) + "\n" for r in self.history))
-                tmp.replace(metrics_out)
+                atomic_write_text(metrics_out, "".join(json.dumps(r) + "\n" for r in self.history))
             if out:
                 if best_file is not None:
-                    atomic_save(safe_load(best_file), out)
+                    atomic_torch_save(safe_load(best_file), out)
                 else:
                     self.save_weights(Path(out), step=self.step, epoch=self.epoch,
                                       metrics=self.history[-1] if self.history else {})
@@ -618,7 +613,7 @@ def open_corpora(paths: dict[str, str], dico, vocab: str, what: str) -> dict:
     (RE-LM: the HMR corpus keeps the HMR dictionary, whose ids mean the same in the extended one)."""
     from relm.data.corpus import Corpus
     from relm.data.dictionary import Dictionary
-    from relm.text.fetch import sha256_file
+    from relm.files import sha256_file
 
     sha = sha256_file(vocab)
     out = {}

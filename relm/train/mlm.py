@@ -18,13 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from relm.config import MLMConfig
-from relm.data.batches import PAD, StreamBatches
-from relm.data.dictionary import MASK, Dictionary
-from relm.model.checkpoint import FORMAT, CheckpointError, safe_load
+from relm.data.batches import StreamBatches
+from relm.data.dictionary import Dictionary
+from relm.errors import CheckpointError
+from relm.model.checkpoint import FORMAT, safe_load
 from relm.model.extend import load_extended
 from relm.model.transformer import TransformerModel, set_adapter_finetuning
 from relm.train.loop import Trainer, ce_stats, check_arch, open_corpora, ppl_acc, stable_seed
 from relm.train.schedule import Lambda
+from relm.tokens import MASK, PAD
 
 
 class MLMNet(nn.Module):

@@ -18,8 +18,9 @@ from relm.config import UNMTConfig
 from relm.data.batches import SentenceBatches, parallel_eval_batches
 from relm.data.dictionary import Dictionary
 from relm.data.noise import add_noise
-from relm.generate import generate_beam, generate_greedy
-from relm.model.checkpoint import FORMAT, CheckpointError, build_and_load, safe_load
+from relm.generate import BACK_TRANSLATION, VALIDATION, generate_beam, generate_greedy
+from relm.errors import CheckpointError
+from relm.model.checkpoint import FORMAT, build_and_load, safe_load
 from relm.model.extend import build_unmt_from_mlm
 from relm.model.transformer import TransformerModel
 from relm.text.tokenize import remove_bpe
@@ -166,7 +167,8 @@ def train_unmt(cfg: UNMTConfig, run_dir: str, vocab: str, train: dict[str, str],
             decoder.eval()
             with torch.no_grad(), trainer.autocast():
                 enc1 = encoder(x1, len1, torch.full_like(x1, lang_id[l1]))
-                x2, len2 = generate_greedy(decoder, enc1, len1, lang_id[l2], max_len=int(1.3 * len1.max().item() + 5))
+                x2, len2 = generate_greedy(decoder, enc1, len1, lang_id[l2],
+                                           max_len=BACK_TRANSLATION(len1, cfg.model.max_positions))
             encoder.train()
             decoder.train()
             seq2seq_step(x2, len2, l2, x1, len1, l3, 1.0 if cfg.bt_loss_unscaled else coeff_bt, f"bt_{l1}-{l2}-{l3}")
@@ -192,7 +194,7 @@ def train_unmt(cfg: UNMTConfig, run_dir: str, vocab: str, train: dict[str, str],
                     pred, y = target_mask(x2, len2)
                     logits = decoder.logits(dec[pred])
                     if cfg.eval_bleu:
-                        max_len = int(1.5 * len1.max().item() + 10)
+                        max_len = VALIDATION(len1, cfg.model.max_positions)
                         if cfg.beam_size > 1:
                             gen, glen = generate_beam(decoder, enc, len1, lang_id[b], cfg.beam_size, cfg.length_penalty,
                                                       cfg.early_stopping, max_len=max_len)
