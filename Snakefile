@@ -1,7 +1,7 @@
 # relm: RE-LM unsupervised MT, end to end. `snakemake --cores 2` runs the built-in demo;
 # `snakemake --profile slurm all` sends every job to SLURM. See README.md.
 
-# The demo config, unless the user gives one (`--configfile config/paper-mk-en.yaml`): configs are not merged.
+# The demo config, unless the user gives one (`--configfile config/paper.yaml`): configs are not merged.
 if not config:
 
     configfile: f"{workflow.basedir}/config/config.yaml"

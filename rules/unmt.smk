@@ -6,18 +6,18 @@ rule unmt:
     input:
         init="models/{pair}/{system}/mlm/model.pt",
         vocab=system_vocab,
-        train=lambda w: unmt_corpora(w, "train").values(),
-        valid=lambda w: unmt_corpora(w, "valid").values(),
-        test=lambda w: unmt_corpora(w, "test").values(),
+        train=lambda w: unmt_corpora(w)["train"].values(),
+        valid=lambda w: unmt_corpora(w)["valid"].values(),
+        test=lambda w: unmt_corpora(w)["test"].values(),
     output:
         model="models/{pair}/{system}/unmt/model.pt",
         metrics="models/{pair}/{system}/unmt/metrics.jsonl",
     params:
         relm=relm_launcher(),
         run_dir="models/{pair}/{system}/unmt",
-        settings=lambda w: settings_json(unmt_settings(w.system, w.pair)),
-        corpora=lambda w: " ".join(corpus_args(f"--{s}", unmt_corpora(w, s)) for s in ("train", "valid", "test")),
-    threads: train_threads()
+        settings=lambda w: settings_json(unmt_settings(config, w.system, w.pair)),
+        corpora=lambda w: corpora_args(unmt_corpora(w)),
+    threads: train_threads(config)
     resources:
         runtime=runtime("unmt"),
     conda:
@@ -27,5 +27,5 @@ rule unmt:
     benchmark:
         "benchmarks/unmt/{pair}.{system}.tsv"
     shell:
-        "{params.relm} train unmt --run-dir {params.run_dir} --settings {params.settings:q} --vocab {input.vocab} "
-        "{params.corpora} --init {input.init} --out {output.model} --metrics {output.metrics} > {log} 2>&1"
+        "{params.relm} train unmt --run-dir {params.run_dir:q} --settings {params.settings:q} --vocab {input.vocab:q} "
+        "{params.corpora} --init {input.init:q} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"

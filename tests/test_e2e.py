@@ -56,7 +56,7 @@ def test_runs_write_their_resolved_config(tiny_run):
         assert "warmup_updates" in resolved["optim"] and "max_nan_steps" in resolved["run"]
     adapters = yaml.safe_load((wd / "models/lx-hx/relm_adapters/mlm/config.yaml").read_text())
     assert adapters["trainable"] == "adapters" and adapters["mlm_steps"] == ["lx"]
-    assert adapters["model"]["adapter_size"] == tiny["adapters"]["model"]["adapter_size"]
+    assert adapters["model"]["adapter_size"] == tiny["mlm_systems"]["relm_adapters"]["model"]["adapter_size"]
 
 
 def test_compute_table_lists_training_stages(tiny_run):

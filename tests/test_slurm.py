@@ -17,8 +17,8 @@ from slurm_cluster import (REPO, SITE_PROFILE, TEST_PROFILE, job_info, job_outpu
 
 LOCAL_PROFILE = REPO / "profiles" / "local"
 PROFILES = {"site": SITE_PROFILE, "test": TEST_PROFILE, "local": LOCAL_PROFILE}
-GPU_RULES = ["pretrain", "finetune", "adapters", "xlm_mlm", "unmt", "translate"]
-TRAIN_RULES = ["pretrain", "finetune", "adapters", "xlm_mlm", "unmt"]
+GPU_RULES = ["pretrain", "mlm", "unmt", "translate"]
+TRAIN_RULES = ["pretrain", "mlm", "unmt"]
 # What the test profile may change: sacct -> squeue, faster status checks, all logs kept, less memory.
 MAY_DIFFER = {"slurm-status-command", "slurm-init-seconds-before-status-checks", "seconds-between-status-checks",
               "slurm-keep-successful-logs", "default-resources.mem_mb",

@@ -28,14 +28,14 @@ from workflow_utils import SNAKEFILE, tiny_config, write_config
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PAIR = "lx-hx"
-TRAIN_RULES = ["pretrain", "xlm_mlm", "finetune", "unmt"]
+TRAIN_RULES = ["pretrain", "mlm", "unmt"]
 GPU_RULES = {*TRAIN_RULES, "translate"}  # gpu=1 in the profile
 RESULTS = ["results/scores.tsv", "results/bleu.md", "results/bleu.tex", "results/bleu.png", "results/compute.md",
            f"results/{PAIR}/scores.tsv", f"results/{PAIR}/curves.png"]
 FULL = os.environ.get("RELM_SLURM_FULL_WORKFLOW", "") not in ("", "0")
 
 # Jobs per rule of the tiny demo (one pair, three systems): from the extend_vocab checkpoint on, and before it.
-FROM_CHECKPOINT = Counter(extend_vocab=1, binarize=5, pretrain=1, xlm_mlm=1, finetune=2, unmt=3, translate=6,
+FROM_CHECKPOINT = Counter(extend_vocab=1, binarize=5, pretrain=1, mlm=3, unmt=3, translate=6,
                           score=6, tables=1, pair_tables=1, curves=1, bars=1, compute=1)
 BEFORE_CHECKPOINT = Counter(synth=1, fetch=8, tokenize=8, bpe_learn_hmr=1, bpe_learn_joint=1, bpe_apply=11,
                             vocab_hmr=1, vocab_lmr=1, vocab_joint=1, binarize=9)

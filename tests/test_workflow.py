@@ -39,7 +39,7 @@ def test_dry_run(tmp_path, target):
 def test_default_run_is_the_demo(tmp_path):
     """`snakemake` with no argument plans the whole demo, down to the tables."""
     out = snakemake(tmp_path, "-n", "--cores", "2").stdout
-    for rule in ("synth", "tokenize", "pretrain", "finetune", "xlm_mlm", "unmt", "tables"):
+    for rule in ("synth", "tokenize", "pretrain", "mlm", "unmt", "tables"):
         assert f"rule {rule}:" in out
     assert "checkpoint extend_vocab:" in out  # N is read from its output, then the DAG grows
 

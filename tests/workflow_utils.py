@@ -24,9 +24,9 @@ def tiny_config(**overrides) -> dict:
     cfg["model"].update(dim=32, n_layers=1, n_heads=2)
     cfg["mlm"]["bptt"] = 32
     cfg["mlm"]["run"].update(epoch_size=640, max_steps=40, checkpoint_every=20)
-    for stage in ("finetune", "adapters"):
-        cfg[stage]["run"]["max_steps"] = 40
-    cfg["adapters"]["model"]["adapter_size"] = 8
+    for system in ("relm", "relm_adapters"):
+        cfg["mlm_systems"][system]["run"]["max_steps"] = 40
+    cfg["mlm_systems"]["relm_adapters"]["model"]["adapter_size"] = 8
     cfg["unmt"]["tokens_per_batch"] = 300
     cfg["unmt"]["run"].update(epoch_size=320, max_steps=24, checkpoint_every=12)
     for key, value in overrides.items():
@@ -41,9 +41,9 @@ def learning_config() -> dict:
     cfg["synthetic"]["demo"].update(n_hmr=50000, n_valid=200, n_test=200)
     cfg["mlm"]["run"]["epoch_size"] = 6400  # an evaluation every 200 steps
     cfg["pretrain"]["run"]["max_steps"] = 800
-    cfg["xlm"]["run"]["max_steps"] = 1000
-    for stage in ("finetune", "adapters"):
-        cfg[stage]["run"]["max_steps"] = 400
+    cfg["mlm_systems"]["xlm"]["run"]["max_steps"] = 1000
+    for system in ("relm", "relm_adapters"):
+        cfg["mlm_systems"][system]["run"]["max_steps"] = 400
     cfg["unmt"]["run"].update(max_steps=800, epoch_size=12800)
     return cfg
 

@@ -16,8 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from relm.evaluate.tables import COPY, SYSTEMS, directions  # noqa: E402
+from relm.evaluate.tables import COPY, directions  # noqa: E402
 from relm.files import atomic_output  # noqa: E402
+from relm.systems import DISPLAY  # noqa: E402
 
 MLM_PPL = re.compile(r"^valid_(.+)_mlm_ppl$")
 MT_BLEU = re.compile(r"^valid_(.+)_mt_bleu$")
@@ -101,7 +102,7 @@ def plot_bleu_bars(scores_tsv, out_png, split: str = "test", pairs: list[str] | 
     pairs = pairs or list(dict.fromkeys(df["pair"]))
     cols = directions(pairs)
     metrics = [m for m in ("bleu", "tok_bleu") if (df["metric"] == m).any()] or ["bleu"]
-    systems = [s for s in SYSTEMS if (df["system"] == s).any()] + sorted(set(df["system"]) - set(SYSTEMS))
+    systems = [s for s in DISPLAY if (df["system"] == s).any()] + sorted(set(df["system"]) - set(DISPLAY))
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(6, 2.2 * len(cols)) * len(metrics) / 1.5, 4.5), squeeze=False)
     width = 0.8 / max(1, len(systems))
     for ax, metric in zip(axes[0], metrics):
@@ -112,7 +113,7 @@ def plot_bleu_bars(scores_tsv, out_png, split: str = "test", pairs: list[str] | 
                 if (system, pair, d) in sub.index:
                     xs.append(j + (k - (len(systems) - 1) / 2) * width)
                     ys.append(float(sub.loc[(system, pair, d), "score"]))
-            bars = ax.bar(xs, ys, width, label=SYSTEMS.get(system, system))
+            bars = ax.bar(xs, ys, width, label=DISPLAY.get(system, system))
             ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
         ax.set_xticks(range(len(cols)), [d.replace("-", "→") for _, d in cols])
         ax.set(title=f"{'tokenized BLEU' if metric == 'tok_bleu' else 'sacreBLEU'} ({split})", ylabel="BLEU")

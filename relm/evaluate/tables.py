@@ -15,10 +15,10 @@ from typing import Iterable
 
 import pandas as pd
 
-from relm.files import atomic_write_text
 from relm.evaluate.score import paired_bootstrap_many, read_lines, tokenize_lines
+from relm.files import atomic_write_text
+from relm.systems import DISPLAY
 
-SYSTEMS = {"xlm": "XLM", "relm": "RE-LM", "relm_adapters": "RE-LM + adapters"}
 METRIC_TITLES = {
     "bleu": "Detokenized BLEU (sacreBLEU)",
     "tok_bleu": "Tokenized BLEU (multi-bleu.perl style on Moses-tokenized text, as reported by the original code)",
@@ -98,8 +98,8 @@ def directions(pairs: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _systems(df: pd.DataFrame) -> list[str]:
-    others = sorted(set(df.system) - set(SYSTEMS) - {COPY})
-    return list(SYSTEMS) + others
+    others = sorted(set(df.system) - set(DISPLAY) - {COPY})
+    return list(DISPLAY) + others
 
 
 def main_table(df: pd.DataFrame, metric: str, pairs: list[str], split: str = "test", baseline: str = "xlm"):
@@ -143,7 +143,7 @@ def _arrow(direction: str, tex: bool) -> str:
 
 def _legend(baseline: str, n_samples: int | None) -> str:
     test = f"paired bootstrap resampling, {n_samples} samples" if n_samples else "paired bootstrap resampling"
-    return f"best per column in bold; † = significantly different from {SYSTEMS.get(baseline, baseline)} ({test}, p < {ALPHA})"
+    return f"best per column in bold; † = significantly different from {DISPLAY.get(baseline, baseline)} ({test}, p < {ALPHA})"
 
 
 def markdown_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None) -> str:
@@ -159,7 +159,7 @@ def markdown_table(df, metric, pairs, split="test", baseline="xlm", n_samples=No
             else:
                 s = f"{c[0]:.1f}" + ("†" if c[2] else "")
                 out.append(f"**{s}**" if c[1] else s)
-        lines.append(f"| {SYSTEMS.get(system, system)} | " + " | ".join(out) + " |")
+        lines.append(f"| {DISPLAY.get(system, system)} | " + " | ".join(out) + " |")
     lines += ["", _legend(baseline, n_samples) + "."]
     if metric == "bleu":
         copy = _copy_row(df, cols, split)
@@ -193,7 +193,7 @@ def latex_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None)
             else:
                 s = f"{c[0]:.1f}"
                 out.append((rf"\textbf{{{s}}}" if c[1] else s) + (r"$^\dagger$" if c[2] else ""))
-        lines.append(_tex_escape(SYSTEMS.get(system, system)) + " & " + " & ".join(out) + r" \\")
+        lines.append(_tex_escape(DISPLAY.get(system, system)) + " & " + " & ".join(out) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     legend = _tex_escape(_legend(baseline, n_samples)).replace("†", r"$^\dagger$").replace(f"p < {ALPHA}", f"$p<{ALPHA}$")
     sigs = "; ".join(rf"\texttt{{{_tex_escape(s)}}}" for s in _signatures(df, metric, split))
@@ -253,7 +253,7 @@ def hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-_SYSTEM_IN_LABEL = re.compile(r"(?:^|(?<=[ _/]))(" + "|".join(sorted(SYSTEMS, key=len, reverse=True)) + r")(?=$|[ _/])")
+_SYSTEM_IN_LABEL = re.compile(r"(?:^|(?<=[ _/]))(" + "|".join(sorted(DISPLAY, key=len, reverse=True)) + r")(?=$|[ _/])")
 
 
 def _split_label(label) -> tuple[str, str]:
@@ -287,7 +287,7 @@ def write_compute_table(benchmark_files: dict, out) -> pd.DataFrame:
     for r in df.itertuples():
         mem = MISSING_MD if pd.isna(r.max_rss_mb) else f"{r.max_rss_mb:.0f}"
         runs = f" (mean of {r.runs})" if r.runs > 1 else ""
-        lines.append(f"| {r.stage} | {SYSTEMS.get(r.system, r.system) or MISSING_MD} | {hms(r.wall_s)}{runs} | "
+        lines.append(f"| {r.stage} | {DISPLAY.get(r.system, r.system) or MISSING_MD} | {hms(r.wall_s)}{runs} | "
                      f"{hms(r.cpu_s)} | {mem} |")
     peak = df.max_rss_mb.max() if len(df) else math.nan
     lines.append(f"| **Total** | | {hms(df.wall_s.sum())} | {hms(df.cpu_s.sum(min_count=1))} | "

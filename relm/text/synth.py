@@ -11,8 +11,9 @@ function words:
   for past tense on verbs, its own sound inventory (with č, š, ž).
 
 Names and numbers are identical in both, and a fraction (`cognate_rate`) of the LMR lexemes are cognates of the HMR
-ones (70% spelled like the HMR stem, the rest with one vowel changed or an ending added). docs/demo-feasibility.md
-measured that such shared spellings decide whether UNMT can learn a pair at all in a few CPU minutes. Cognates are
+ones (70% spelled like the HMR stem, the rest with one vowel changed or an ending added). Such shared spellings, the
+anchors that real related languages have in cognates and loanwords, decide whether UNMT can learn a pair at all in a
+few CPU minutes: with only names and numbers shared, a probe on 2 CPU cores stayed near 2-3 BLEU. Cognates are
 spread evenly over the frequency ranks, so about `cognate_rate` of the content tokens are cognates too; only the
 unmarked LMR forms can be spelled like an HMR word, which is why LMR leaves the commonest forms unmarked.
 

@@ -1,0 +1,90 @@
+"""The checks the Snakemake workflow runs on its config before planning any job (rules/common.smk calls
+`check_config`): the JSON schema, then what a schema cannot say. Every error is one line naming the config key."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from relm.config import TranslateConfig, from_dict
+from relm.errors import ConfigError
+from relm.systems import SYSTEMS, mlm_settings, split_pair, unmt_settings
+
+SPLITS = ("train", "valid", "test")
+RENAMED = {  # old top-level key -> new one
+    "finetune": "mlm_systems.relm",
+    "adapters": "mlm_systems.relm_adapters",
+    "xlm": "mlm_systems.xlm",
+}
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def check_schema(config: dict, schema_file: str | Path) -> None:
+    """JSON-schema validation, reported as one line: the key and the first rule it breaks."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_file).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = _key(error.absolute_path)
+        raise ConfigError(f"config key '{where}': {error.message}" if where else f"config: {error.message}")
+
+
+def check_config(config: dict, schema_file: str | Path) -> None:
+    for old, new in RENAMED.items():
+        if old in config:
+            raise ConfigError(f"config key '{old}' is now '{new}' (the settings of that system's MLM stage)")
+    if "runtime" in config:
+        for old in ("finetune", "xlm_mlm"):
+            if old in config["runtime"]:
+                raise ConfigError(f"config key 'runtime.{old}' is now 'runtime.mlm' (every system's MLM stage)")
+    check_schema(config, schema_file)
+    hmr, pairs = config["hmr"], list(config["pairs"])
+    for key in ("systems", "mlm_systems", "unmt_systems"):
+        for system in config.get(key, []):
+            if system not in SYSTEMS:
+                raise ConfigError(f"config key '{key}': unknown system {system!r} (known: {', '.join(SYSTEMS)})")
+    for pair in pairs:
+        if split_pair(pair)[1] != hmr:
+            raise ConfigError(f"config key 'pairs': pair {pair!r} must end with the HMR language '-{hmr}'")
+    check_data(config)
+    for pair in pairs:  # the stage sections must build their dataclasses (unknown keys are named)
+        mlm_settings(config)
+        for system in config["systems"]:
+            mlm_settings(config, system, pair)
+            unmt_settings(config, system, pair)
+    from_dict(TranslateConfig, config.get("translate"), "translate.")
+
+
+def needed_corpora(config: dict) -> dict[str, list[str]]:
+    """data.<group>.<split>.<lang> keys the workflow reads: the HMR corpora, and per pair the LMR monolingual corpus
+    and the valid/test sets in both languages."""
+    hmr = config["hmr"]
+    needed = {hmr: [f"{s}.{hmr}" for s in SPLITS]}
+    for pair in config["pairs"]:
+        lmr, _ = split_pair(pair)
+        needed[pair] = [f"train.{lmr}"] + [f"{s}.{lang}" for s in ("valid", "test") for lang in (lmr, hmr)]
+    return needed
+
+
+def check_data(config: dict) -> None:
+    for group, keys in needed_corpora(config).items():
+        have = config["data"].get(group, {})
+        for key in keys:
+            if key not in have:
+                raise ConfigError(f"config key 'data.{group}.{key}' is missing (a source for this corpus)")
+        for key, src in have.items():
+            if "synthetic" in src:
+                gen = config.get("synthetic", {}).get(src["synthetic"])
+                if gen is None:
+                    raise ConfigError(f"config key 'data.{group}.{key}.synthetic': no generator "
+                                      f"{src['synthetic']!r} under 'synthetic'")
+                lang = key.split(".")[1]
+                if lang not in (gen["hmr"], gen["lmr"]):
+                    raise ConfigError(f"config key 'data.{group}.{key}': the synthetic pair {src['synthetic']!r} has "
+                                      f"languages {gen['hmr']} and {gen['lmr']}")
+            if "path" in src and not Path(src["path"]).is_file():
+                raise ConfigError(f"config key 'data.{group}.{key}.path': file not found: {src['path']}")

@@ -1,0 +1,109 @@
+"""The systems table and the settings of each training run composed from the workflow config (relm/systems.py),
+the workflow's config check (relm/workflow.py), and the profiles naming only rules that exist."""
+import copy
+
+import pytest
+import yaml
+
+from relm.config import MLMConfig, UNMTConfig, from_dict
+from relm.errors import ConfigError
+from relm.systems import DICTIONARIES, SYSTEMS, codes_for, mlm_langs, mlm_settings, unmt_settings
+from relm.workflow import check_config
+from workflow_utils import REPO, demo_config, snakemake
+
+SCHEMA = REPO / "config" / "schema.yaml"
+PROFILES = [REPO / "slurm" / "config.yaml", REPO / "profiles" / "local" / "config.yaml",
+            REPO / "tests" / "slurm-profile" / "config.yaml"]
+
+
+@pytest.mark.parametrize("system, dictionary, init, steps, trainable", [
+    ("xlm", "xlm", None, ["mk", "en"], "all"),
+    ("relm", "relm", "pretrain", ["mk", "en"], "all"),
+    ("relm_adapters", "relm", "pretrain", ["mk"], "adapters"),
+])
+def test_systems_table(system, dictionary, init, steps, trainable):
+    s = SYSTEMS[system]
+    assert (s.dictionary, s.init, s.trainable) == (dictionary, init, trainable)
+    langs = mlm_langs(system, "mk-en", "en")
+    assert langs["mlm_steps"] == steps and langs["eval_langs"] == ["mk", "en"] and langs["langs"] == ["en", "mk"]
+
+
+@pytest.mark.parametrize("dictionary, lang, codes", [
+    ("hmr", "en", "hmr"), ("relm", "en", "hmr"), ("relm", "mk", "joint"), ("xlm", "en", "joint"), ("xlm", "mk", "joint"),
+])
+def test_codes_per_dictionary(dictionary, lang, codes):
+    """RE-LM keeps the HMR codes for the HMR side; XLM segments both languages with the joint codes."""
+    assert codes_for(dictionary, lang, "en") == codes
+    assert DICTIONARIES["relm"].reuses_hmr_train and not DICTIONARIES["xlm"].reuses_hmr_train
+
+
+def test_pretrain_settings_layer_model_mlm_pretrain():
+    cfg = demo_config()
+    cfg["mlm"]["bptt"] = 48
+    cfg["pretrain"]["bptt"] = 40
+    s = mlm_settings(cfg)
+    assert s["bptt"] == 40 and s["langs"] == s["mlm_steps"] == s["eval_langs"] == ["hx"]
+    assert s["run"]["validation_metrics"] == "_valid_hx_mlm_ppl"  # {hmr} filled
+    assert s["run"]["seed"] == cfg["seed"] and s["run"]["threads"] == cfg["train_threads"]
+    assert from_dict(MLMConfig, s).model.dim == cfg["model"]["dim"]
+
+
+def test_system_mlm_settings_fill_the_pair_and_keep_their_own_section():
+    cfg = demo_config()
+    relm = mlm_settings(cfg, "relm", "lx-hx")
+    adapters = mlm_settings(cfg, "relm_adapters", "lx-hx")
+    assert relm["run"]["max_steps"] == cfg["mlm_systems"]["relm"]["run"]["max_steps"]
+    assert relm["run"]["stopping_criterion"] == "_valid_lx_mlm_ppl,3"
+    assert relm["trainable"] == "all" and adapters["trainable"] == "adapters"
+    assert adapters["model"]["adapter_size"] == 64 and relm["model"].get("adapter_size", 0) == 0
+
+
+def test_unmt_model_follows_the_systems_mlm():
+    """The UNMT run of RE-LM + adapters has the adapters its MLM stage trained; unmt_systems overrides per system."""
+    cfg = demo_config()
+    cfg["unmt_systems"] = {"xlm": {"lambda_bt": "0.5"}}
+    ad, xlm = unmt_settings(cfg, "relm_adapters", "lx-hx"), unmt_settings(cfg, "xlm", "lx-hx")
+    assert ad["model"]["adapter_size"] == 64 and xlm["model"].get("adapter_size", 0) == 0
+    assert xlm["lambda_bt"] == "0.5" and ad.get("lambda_bt", "1") == "1"
+    assert ad["bt_steps"] == ["hx-lx-hx", "lx-hx-lx"] and ad["ae_steps"] == ["hx", "lx"]
+    assert from_dict(UNMTConfig, ad).run.stopping_criterion == "valid_lx-hx_mt_bleu,5"
+
+
+def test_unknown_stage_key_is_named():
+    cfg = demo_config()
+    cfg["mlm_systems"]["relm"]["run"]["max_stepz"] = 3
+    with pytest.raises(ValueError, match="mlm_systems.relm.run.max_stepz"):
+        mlm_settings(cfg, "relm", "lx-hx")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda c: c.update(finetune={"run": {}}), "'finetune' is now 'mlm_systems.relm'"),
+    (lambda c: c.update(runtime={"xlm_mlm": 5}), "'runtime.xlm_mlm' is now 'runtime.mlm'"),
+    (lambda c: c.update(systems=["xlm", "bert"]), "unknown system 'bert'"),
+    (lambda c: c["mlm_systems"].update(bert={}), "config key 'mlm_systems': unknown system 'bert'"),
+    (lambda c: c["model"].update(dim="big"), "config key 'model.dim'"),
+    (lambda c: c.update(pairs=["lx-en"]), "must end with the HMR language"),
+])
+def test_config_errors_are_one_line_naming_the_key(mutate, message):
+    cfg = copy.deepcopy(demo_config())
+    mutate(cfg)
+    with pytest.raises(ConfigError, match=message) as e:
+        check_config(cfg, SCHEMA)
+    assert "\n" not in str(e.value)
+
+
+def test_demo_and_paper_configs_pass_the_schema():
+    for name in ("config.yaml", "paper.yaml"):
+        cfg = yaml.safe_load((REPO / "config" / name).read_text())
+        try:
+            check_config(cfg, SCHEMA)
+        except ConfigError as e:  # the paper's corpora are local files the user provides
+            assert ".path': file not found" in str(e), e
+
+
+def test_profiles_name_only_existing_rules(tmp_path):
+    rules = set(snakemake(tmp_path, "--list-rules").stdout.split())
+    assert {"pretrain", "mlm", "unmt", "translate"} <= rules
+    for profile in PROFILES:
+        named = set(yaml.safe_load(profile.read_text()).get("set-resources", {}))
+        assert named and named <= rules, f"{profile}: no rule named {sorted(named - rules)}"
