@@ -86,7 +86,7 @@ def cmd_binarize(a):
 # --- training ----------------------------------------------------------------------------------
 
 def cmd_train(a):
-    from relm.config import MLMConfig, UNMTConfig, from_dict, load_settings
+    from relm.config import MLMConfig, UNMTConfig, check, from_dict, load_settings
 
     settings = load_settings(a.config, a.settings)
     common = dict(run_dir=a.run_dir, vocab=a.vocab, train=_pairs(a.train, "--train"),
@@ -95,11 +95,11 @@ def cmd_train(a):
     if a.objective == "mlm":
         from relm.train.mlm import train_mlm
 
-        train_mlm(from_dict(MLMConfig, settings), extension=a.extension, **common)
+        train_mlm(check(from_dict(MLMConfig, settings)), extension=a.extension, **common)
     else:
         from relm.train.unmt import train_unmt
 
-        train_unmt(from_dict(UNMTConfig, settings), **common)
+        train_unmt(check(from_dict(UNMTConfig, settings)), **common)
 
 
 # --- generation and evaluation -----------------------------------------------------------------

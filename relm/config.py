@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 
+from relm.errors import ConfigError
 from relm.files import atomic_write_text
+from relm.train.schedule import LR_SCHEDULES, Lambda  # torch-free
 
 
 @dataclass
@@ -130,27 +132,125 @@ class TranslateConfig:
 T = typing.TypeVar("T")
 
 
+def _typed(value, hint, key: str):
+    """`value` as type `hint` (int, float, str, bool, list[str]), or a ConfigError naming the key."""
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # e.g. lambda_bt: 1
+    if typing.get_origin(hint) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"config key '{key}': expected a list of strings, got {value!r}", key)
+    if isinstance(value, hint) and not (isinstance(value, bool) and hint is not bool):
+        return value
+    raise ConfigError(f"config key '{key}': expected {TYPE_NAMES[hint]}, got {value!r}", key)
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
-    """Build dataclass `cls` from a (possibly partial) dict; unknown keys are an error naming the key."""
+    """Build dataclass `cls` from a (possibly partial) dict; an unknown key or a value of the wrong type is a
+    ConfigError naming the key."""
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config key '{where.rstrip('.') or '(top level)'}': expected a mapping, got {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown config key {where + unknown[0]!r} (allowed: {', '.join(sorted(names))})")
+        raise ConfigError(f"unknown config key {where + unknown[0]!r} (allowed: {', '.join(sorted(names))})",
+                          where + unknown[0])
     kwargs = {}
     for f in dataclasses.fields(cls):
-        if f.name not in data:
-            continue
-        value, hint = data[f.name], hints[f.name]
-        if dataclasses.is_dataclass(hint):
-            value = from_dict(hint, value, f"{where}{f.name}.")
-        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        elif hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = str(value)  # e.g. lambda_bt: 1
-        kwargs[f.name] = value
+        if f.name in data:
+            hint = hints[f.name]
+            value = data[f.name]
+            kwargs[f.name] = from_dict(hint, value, f"{where}{f.name}.") if dataclasses.is_dataclass(hint) \
+                else _typed(value, hint, where + f.name)
     return cls(**kwargs)
+
+
+# --- value checks (shared by `relm train` and the workflow's config check) --------------------------------------
+
+def _rule(test, text):
+    return test, text
+
+
+GE0, GE1 = _rule(lambda v: v >= 0, ">= 0"), _rule(lambda v: v >= 1, ">= 1")
+POS = _rule(lambda v: v > 0, "> 0")
+UNIT = _rule(lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+def _one_of(*names):
+    return _rule(lambda v: v in names, "one of " + ", ".join(names))
+
+
+RULES = {
+    ModelConfig: {"dim": GE1, "n_layers": GE1, "n_heads": GE1, "dropout": UNIT, "attention_dropout": UNIT,
+                  "max_positions": GE1, "adapter_size": GE0},
+    OptimConfig: {"name": _one_of(*LR_SCHEDULES), "lr": POS, "beta1": UNIT, "beta2": UNIT,
+                  "warmup_updates": GE0, "warmup_init_lr": GE0, "weight_decay": GE0, "clip_grad_norm": GE0},
+    RunConfig: {"epoch_size": GE1, "max_epochs": GE1, "max_steps": GE0, "checkpoint_every": GE0, "log_every": GE0,
+                "amp": _one_of("auto", "bf16", "fp16", "none"), "device": _one_of("auto", "cpu", "cuda"),
+                "threads": GE0, "max_nan_steps": GE1},
+    MLMConfig: {"trainable": _one_of("all", "adapters"), "batch_size": GE1,
+                "word_pred": _rule(lambda v: 0 < v < 1, "in (0, 1)"), "sample_alpha": GE0},
+    UNMTConfig: {"word_shuffle": GE0, "word_dropout": UNIT, "word_blank": UNIT, "batch_size": GE1, "max_len": GE1,
+                 "max_batch_size": GE0, "beam_size": GE1,
+                 "tokens_per_batch": _rule(lambda v: v >= 1 or v == -1, ">= 1, or -1 (batches of batch_size)")},
+    TranslateConfig: {"beam_size": GE1, "batch_size": GE1, "max_len_a": POS, "max_len_b": GE0},
+}
+
+
+def check(cfg, where: str = ""):
+    """Check the values of a built config (ranges, names, schedules, what fields must agree on); a ConfigError
+    names the first key that breaks a rule. Returns cfg."""
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check(value, f"{where}{f.name}.")
+        elif f.name in RULES.get(type(cfg), {}):
+            test, text = RULES[type(cfg)][f.name]
+            if not test(value):
+                raise ConfigError(f"config key '{where}{f.name}' must be {text}, got {value!r}", where + f.name)
+        elif f.name.startswith("lambda_"):
+            try:
+                Lambda(value, f.name)
+            except ValueError as e:
+                raise ConfigError(f"config key '{where}{f.name}': {e}", where + f.name) from None
+
+    def need(ok: bool, key: str, text: str):
+        if not ok:
+            raise ConfigError(f"config key '{where}{key}' {text}", where + key)
+
+    if isinstance(cfg, ModelConfig):
+        need(cfg.dim % cfg.n_heads == 0, "dim", f"({cfg.dim}) must be a multiple of n_heads ({cfg.n_heads})")
+    if isinstance(cfg, MLMConfig):
+        need(2 < cfg.bptt <= cfg.model.max_positions, "bptt",
+             f"must be in (2, model.max_positions={cfg.model.max_positions}], got {cfg.bptt}")
+        need(cfg.trainable != "adapters" or cfg.model.adapter_size > 0, "trainable",
+             "is 'adapters' but model.adapter_size is 0")
+        parts = cfg.word_mask_keep_rand.split(",")
+        need(len(parts) == 3 and all(_is_number(p) and float(p) >= 0 for p in parts)
+             and sum(map(float, parts)) > 0, "word_mask_keep_rand", "must be three non-negative numbers 'mask,keep,rand'")
+    if isinstance(cfg, UNMTConfig):
+        need(cfg.max_len + 2 <= cfg.model.max_positions, "max_len",
+             f"+ 2 (BOS, EOS) must be <= model.max_positions={cfg.model.max_positions}, got {cfg.max_len}")
+        for step in cfg.bt_steps:
+            p = step.split("-")
+            need(len(p) == 3 and p[0] == p[2] != p[1], "bt_steps", f"entry {step!r} must be 'l1-l2-l1' with l1 != l2")
+    return cfg
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def merge(base: dict, override: dict) -> dict:

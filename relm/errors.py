@@ -12,7 +12,12 @@ class InputError(RelmError, ValueError):
 
 
 class ConfigError(RelmError, ValueError):
-    """A setting that cannot work; the message names the config key."""
+    """A setting that cannot work; the message names the config key (also kept as `key`, relative to the part of
+    the config that was checked, so that a caller can name the section the value came from)."""
+
+    def __init__(self, message: str, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class CheckpointError(RelmError, RuntimeError):

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relm.config import MLMConfig, UNMTConfig, from_dict, merge
+from relm.config import MLMConfig, UNMTConfig, check, from_dict, merge
+from relm.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,26 @@ def train_threads(config: dict) -> int:
     return int(config.get("train_threads", 1))
 
 
+def _checked(cls, settings: dict, layers: list[tuple[str, dict]]) -> dict:
+    """Build and check the dataclass of `settings`; a ConfigError names the config section the bad value came from.
+    layers: (key prefix, section) from the first layer to the last (the one that wins)."""
+    try:
+        check(from_dict(cls, settings))
+    except ConfigError as e:
+        if e.key is None:
+            raise
+        where = layers[-1][0] + e.key
+        for prefix, section in reversed(layers):
+            d = section
+            for part in e.key.split("."):
+                d = d.get(part) if isinstance(d, dict) else None
+            if d is not None:
+                where = prefix + e.key
+                break
+        raise ConfigError(str(e).replace(f"'{e.key}'", f"'{where}'", 1), where) from None
+    return settings
+
+
 def mlm_settings(config: dict, system: str | None = None, pair: str | None = None) -> dict:
     """MLMConfig (as a dict) of `system`'s MLM stage on `pair`; system None = HMR pretraining. Checked by building
     the dataclass: an unknown key is an error naming it."""
@@ -125,8 +146,7 @@ def mlm_settings(config: dict, system: str | None = None, pair: str | None = Non
     s.update(mlm_langs(system, pair, hmr))
     s["trainable"] = SYSTEMS[system].trainable if system else "all"
     s = _fill(s, hmr, split_pair(pair)[0] if pair else hmr)
-    from_dict(MLMConfig, s, where)
-    return s
+    return _checked(MLMConfig, s, [("", {"model": config["model"]}), ("mlm.", config.get("mlm", {})), (where, section)])
 
 
 def unmt_model(config: dict, system: str) -> dict:
@@ -142,5 +162,6 @@ def unmt_settings(config: dict, system: str, pair: str) -> dict:
     s["run"] = merge(_run_defaults(config), s.get("run", {}))
     s.update(unmt_langs(pair))
     s = _fill(s, hmr, split_pair(pair)[0])
-    from_dict(UNMTConfig, s, f"unmt_systems.{system}." if own else "unmt.")
-    return s
+    mlm_model = {"model": config.get("mlm_systems", {}).get(system, {}).get("model", {})}
+    return _checked(UNMTConfig, s, [("", {"model": config["model"]}), (f"mlm_systems.{system}.", mlm_model),
+                                    ("unmt.", config.get("unmt", {})), (f"unmt_systems.{system}.", own)])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from relm.config import TranslateConfig, from_dict
+from relm.config import TranslateConfig, check, from_dict
 from relm.errors import ConfigError
 from relm.systems import SYSTEMS, mlm_settings, split_pair, unmt_settings
 
@@ -48,15 +48,42 @@ def check_config(config: dict, schema_file: str | Path) -> None:
             if system not in SYSTEMS:
                 raise ConfigError(f"config key '{key}': unknown system {system!r} (known: {', '.join(SYSTEMS)})")
     for pair in pairs:
-        if split_pair(pair)[1] != hmr:
+        lmr, pair_hmr = split_pair(pair)
+        if pair_hmr != hmr:
             raise ConfigError(f"config key 'pairs': pair {pair!r} must end with the HMR language '-{hmr}'")
+        if lmr == hmr:
+            raise ConfigError(f"config key 'pairs': pair {pair!r} has the HMR language on both sides")
+    check_synthetic(config)
     check_data(config)
     for pair in pairs:  # the stage sections must build their dataclasses (unknown keys are named)
         mlm_settings(config)
         for system in config["systems"]:
             mlm_settings(config, system, pair)
             unmt_settings(config, system, pair)
-    from_dict(TranslateConfig, config.get("translate"), "translate.")
+    check(from_dict(TranslateConfig, config.get("translate"), "translate."), "translate.")
+
+
+def check_synthetic(config: dict) -> None:
+    """Generator settings are the keyword arguments of relm.text.synth.generate_pair, with their types."""
+    import inspect
+
+    from relm.text.synth import generate_pair
+
+    params = {k: p.default for k, p in inspect.signature(generate_pair).parameters.items()
+              if k not in ("out_dir", "log", "hmr", "lmr")}
+    for name, gen in config.get("synthetic", {}).items():
+        if gen["hmr"] == gen["lmr"]:
+            raise ConfigError(f"config key 'synthetic.{name}': hmr and lmr must differ")
+        for key, value in gen.items():
+            if key in ("hmr", "lmr"):
+                continue
+            if key not in params:
+                raise ConfigError(f"config key 'synthetic.{name}.{key}' is unknown (allowed: hmr, lmr, "
+                                  f"{', '.join(params)})")
+            want = type(params[key])
+            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want) or value < 0:
+                raise ConfigError(f"config key 'synthetic.{name}.{key}': expected a non-negative "
+                                  f"{'number' if want is float else 'integer'}, got {value!r}")
 
 
 def needed_corpora(config: dict) -> dict[str, list[str]]:

@@ -16,8 +16,8 @@ rule synth:
     log:
         "logs/synth/{name}.log",
     shell:
-        "relm synth --out-dir {output} --hmr {params.hmr} --lmr {params.lmr} --seed {params.seed} "
-        "--settings {params.settings:q} > {log} 2>&1"
+        "relm synth --out-dir {output:q} --hmr {params.hmr:q} --lmr {params.lmr:q} --seed {params.seed:q} "
+        "--settings {params.settings:q} > {log:q} 2>&1"
 
 
 rule fetch:
@@ -34,4 +34,4 @@ rule fetch:
     log:
         "logs/fetch/{group}.{split}.{lang}.log",
     shell:
-        "relm fetch --source {params.source:q} --out {output} --lines {params.lines} --seed {params.seed} > {log} 2>&1"
+        "relm fetch --source {params.source:q} --out {output:q} --lines {params.lines:q} --seed {params.seed:q} > {log:q} 2>&1"

@@ -20,9 +20,9 @@ rule translate:
     benchmark:
         "benchmarks/translate/{pair}.{system}.{split}.{src}-{tgt}.tsv"
     shell:
-        "relm translate --model {input.model} --src-lang {wildcards.src} --tgt-lang {wildcards.tgt} "
-        "--codes {input.codes} --input {input.text} --output {output.hyp} --tok-output {output.tok} "
-        "--beam-size {params.beam} --length-penalty {params.lp} > {log} 2>&1"
+        "relm translate --model {input.model:q} --src-lang {wildcards.src:q} --tgt-lang {wildcards.tgt:q} "
+        "--codes {input.codes:q} --input {input.text:q} --output {output.hyp:q} --tok-output {output.tok:q} "
+        "--beam-size {params.beam:q} --length-penalty {params.lp:q} > {log:q} 2>&1"
 
 
 rule score:
@@ -37,6 +37,6 @@ rule score:
     log:
         "logs/score/{pair}.{system}.{split}.{src}-{tgt}.log",
     shell:
-        "relm score --hyp {input.hyp} --ref {input.ref} --src {input.src} --tgt-lang {wildcards.tgt} "
-        "--pair {wildcards.pair} --system {wildcards.system} --direction {wildcards.src}-{wildcards.tgt} "
-        "--split {wildcards.split} --output {output} > {log} 2>&1"
+        "relm score --hyp {input.hyp:q} --ref {input.ref:q} --src {input.src:q} --tgt-lang {wildcards.tgt:q} "
+        "--pair {wildcards.pair:q} --system {wildcards.system:q} --direction {wildcards.src:q}-{wildcards.tgt:q} "
+        "--split {wildcards.split:q} --output {output:q} > {log:q} 2>&1"

@@ -27,8 +27,8 @@ rule pretrain:
         "benchmarks/pretrain/{lang}.tsv"
     shell:
         "{params.relm} train mlm --run-dir {params.run_dir:q} --settings {params.settings:q} --vocab {input.vocab:q} "
-        "--train {wildcards.lang}={input.train:q} --valid {wildcards.lang}={input.valid:q} "
-        "--test {wildcards.lang}={input.test:q} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        "--train {wildcards.lang:q}={input.train:q} --valid {wildcards.lang:q}={input.valid:q} "
+        "--test {wildcards.lang:q}={input.test:q} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
 
 
 rule mlm:

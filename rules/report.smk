@@ -14,7 +14,7 @@ rule tables:
     log:
         "logs/tables/all.log",
     shell:
-        "relm tables --scores {input} --out-dir results > {log} 2>&1"
+        "relm tables --scores {input:q} --out-dir results > {log:q} 2>&1"
 
 
 rule pair_tables:
@@ -29,7 +29,7 @@ rule pair_tables:
     log:
         "logs/tables/{pair}.log",
     shell:
-        "relm tables --scores {input} --out-dir results/{wildcards.pair} > {log} 2>&1"
+        "relm tables --scores {input:q} --out-dir results/{wildcards.pair:q} > {log:q} 2>&1"
 
 
 rule curves:
@@ -44,7 +44,7 @@ rule curves:
     log:
         "logs/curves/{pair}.log",
     shell:
-        "relm plots {params.metrics} --curves {output} > {log} 2>&1"
+        "relm plots {params.metrics} --curves {output:q} > {log:q} 2>&1"
 
 
 rule bars:
@@ -57,7 +57,7 @@ rule bars:
     log:
         "logs/bars/all.log",
     shell:
-        "relm plots --scores-tsv {input} --bars {output} > {log} 2>&1"
+        "relm plots --scores-tsv {input:q} --bars {output:q} > {log:q} 2>&1"
 
 
 rule compute:
@@ -72,4 +72,4 @@ rule compute:
     log:
         "logs/compute/all.log",
     shell:
-        "relm compute {params.benchmarks} --output {output} > {log} 2>&1"
+        "relm compute {params.benchmarks} --output {output:q} > {log:q} 2>&1"

@@ -15,7 +15,7 @@ rule tokenize:
     benchmark:
         "benchmarks/tokenize/{group}.{split}.{lang}.tsv"
     shell:
-        "relm tokenize --input {input} --output {output} --lang {wildcards.lang} --threads {threads} > {log} 2>&1"
+        "relm tokenize --input {input:q} --output {output:q} --lang {wildcards.lang:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule bpe_learn_hmr:
@@ -32,7 +32,7 @@ rule bpe_learn_hmr:
     benchmark:
         "benchmarks/bpe_learn_hmr/{lang}.tsv"
     shell:
-        "relm bpe learn --inputs {input} --codes {output} --merges {params.merges} > {log} 2>&1"
+        "relm bpe learn --inputs {input:q} --codes {output:q} --merges {params.merges:q} > {log:q} 2>&1"
 
 
 rule bpe_learn_joint:
@@ -50,7 +50,7 @@ rule bpe_learn_joint:
     benchmark:
         "benchmarks/bpe_learn_joint/{pair}.tsv"
     shell:
-        "relm bpe learn --inputs {input.hmr} {input.lmr} --codes {output} --merges {params.merges} > {log} 2>&1"
+        "relm bpe learn --inputs {input.hmr:q} {input.lmr:q} --codes {output:q} --merges {params.merges:q} > {log:q} 2>&1"
 
 
 rule bpe_apply:
@@ -66,7 +66,7 @@ rule bpe_apply:
     benchmark:
         "benchmarks/bpe_apply/{group}.{codes}.{split}.{lang}.tsv"
     shell:
-        "relm bpe apply --codes {input.codes} --input {input.text} --output {output} > {log} 2>&1"
+        "relm bpe apply --codes {input.codes:q} --input {input.text:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule vocab_hmr:
@@ -79,7 +79,7 @@ rule vocab_hmr:
     log:
         "logs/vocab_hmr/{lang}.log",
     shell:
-        "relm vocab count --inputs {input} --output {output} > {log} 2>&1"
+        "relm vocab count --inputs {input:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule vocab_lmr:
@@ -92,7 +92,7 @@ rule vocab_lmr:
     log:
         "logs/vocab_lmr/{pair}.{lang}.log",
     shell:
-        "relm vocab count --inputs {input} --output {output} > {log} 2>&1"
+        "relm vocab count --inputs {input:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule vocab_joint:
@@ -106,7 +106,7 @@ rule vocab_joint:
     log:
         "logs/vocab_joint/{pair}.log",
     shell:
-        "relm vocab count --inputs {input.hmr} {input.lmr} --output {output} > {log} 2>&1"
+        "relm vocab count --inputs {input.hmr:q} {input.lmr:q} --output {output:q} > {log:q} 2>&1"
 
 
 checkpoint extend_vocab:
@@ -123,8 +123,8 @@ checkpoint extend_vocab:
     log:
         "logs/extend_vocab/{pair}.log",
     shell:
-        "relm vocab extend --hmr-vocab {input.hmr} --lmr-vocab {input.lmr} --out-dir data/{wildcards.pair} "
-        "--lmr {params.lmr} --hmr {params.hmr} > {log} 2>&1"
+        "relm vocab extend --hmr-vocab {input.hmr:q} --lmr-vocab {input.lmr:q} --out-dir data/{wildcards.pair:q} "
+        "--lmr {params.lmr:q} --hmr {params.hmr:q} > {log:q} 2>&1"
 
 
 rule binarize:
@@ -140,4 +140,4 @@ rule binarize:
     benchmark:
         "benchmarks/binarize/{group}.{dic}.{split}.{lang}.tsv"
     shell:
-        "relm binarize --input {input.text} --vocab {input.vocab} --output {output.json} --lang {wildcards.lang} > {log} 2>&1"
+        "relm binarize --input {input.text:q} --vocab {input.vocab:q} --output {output.json:q} --lang {wildcards.lang:q} > {log:q} 2>&1"

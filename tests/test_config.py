@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from relm import config as C
+from relm.errors import ConfigError
 from workflow_utils import REPO
 
 
@@ -39,3 +40,50 @@ def test_yaml_round_trip(tmp_path):
     C.dump_yaml(cfg, tmp_path / "c.yaml")
     again = C.from_dict(C.UNMTConfig, yaml.safe_load((tmp_path / "c.yaml").read_text()))
     assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+
+
+@pytest.mark.parametrize("cls, data, key", [
+    (C.MLMConfig, {"model": {"dim": "64"}}, "model.dim"),
+    (C.MLMConfig, {"model": {"n_layers": True}}, "model.n_layers"),
+    (C.MLMConfig, {"langs": "en"}, "langs"),
+    (C.MLMConfig, {"run": 3}, "run"),
+    (C.UNMTConfig, {"word_dropout": "0.1"}, "word_dropout"),
+])
+def test_wrong_types_are_named(cls, data, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        C.from_dict(cls, data)
+
+
+@pytest.mark.parametrize("cls, data, key", [
+    (C.UNMTConfig, {"lambda_ae": "0:1,abc"}, "lambda_ae"),
+    (C.UNMTConfig, {"lambda_bt": "1:0.5,0:1"}, "lambda_bt"),
+    (C.MLMConfig, {"lambda_mlm": "x"}, "lambda_mlm"),
+    (C.MLMConfig, {"optim": {"name": "sgd"}}, "optim.name"),
+    (C.MLMConfig, {"run": {"amp": "fp8"}}, "run.amp"),
+    (C.MLMConfig, {"run": {"device": "tpu"}}, "run.device"),
+    (C.MLMConfig, {"model": {"dim": 100, "n_heads": 8}}, "model.dim"),
+    (C.MLMConfig, {"model": {"dim": 0}}, "model.dim"),
+    (C.MLMConfig, {"model": {"n_layers": 0}}, "model.n_layers"),
+    (C.MLMConfig, {"model": {"dropout": 1.0}}, "model.dropout"),
+    (C.MLMConfig, {"model": {"attention_dropout": -0.1}}, "model.attention_dropout"),
+    (C.MLMConfig, {"batch_size": 0}, "batch_size"),
+    (C.MLMConfig, {"bptt": 600}, "bptt"),
+    (C.MLMConfig, {"optim": {"lr": 0}}, "optim.lr"),
+    (C.MLMConfig, {"run": {"epoch_size": 0}}, "run.epoch_size"),
+    (C.MLMConfig, {"trainable": "adapters"}, "trainable"),
+    (C.MLMConfig, {"word_mask_keep_rand": "0.8,0.2"}, "word_mask_keep_rand"),
+    (C.UNMTConfig, {"tokens_per_batch": 0}, "tokens_per_batch"),
+    (C.UNMTConfig, {"beam_size": 0}, "beam_size"),
+    (C.UNMTConfig, {"max_len": 511}, "max_len"),
+    (C.UNMTConfig, {"bt_steps": ["en-mk-mk"]}, "bt_steps"),
+    (C.TranslateConfig, {"max_len_a": 0}, "max_len_a"),
+])
+def test_values_that_cannot_work_are_named(cls, data, key):
+    with pytest.raises(ConfigError, match=f"'{key}'") as e:
+        C.check(C.from_dict(cls, data))
+    assert e.value.key == key and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("cls", [C.MLMConfig, C.UNMTConfig, C.TranslateConfig])
+def test_defaults_pass_the_checks(cls):
+    C.check(cls())

@@ -52,6 +52,9 @@ class Lambda:
         return f"Lambda({self.spec!r})"
 
 
+LR_SCHEDULES = ("adam", "adam_inverse_sqrt")  # optim.name
+
+
 def lr_at(optim, step: int) -> float:
     """Learning rate of update number `step` (1-based: the first optimizer.step() is step 1)."""
     if optim.name == "adam":
@@ -61,4 +64,4 @@ def lr_at(optim, step: int) -> float:
         if step < warmup:
             return optim.warmup_init_lr + step * (optim.lr - optim.warmup_init_lr) / warmup
         return optim.lr * math.sqrt(warmup) / math.sqrt(max(step, 1))
-    raise ValueError(f"unknown optimizer {optim.name!r} (known: adam, adam_inverse_sqrt)")
+    raise ValueError(f"unknown optimizer {optim.name!r} (known: {', '.join(LR_SCHEDULES)})")
