@@ -81,6 +81,21 @@ def save_model(path, kind: str, models: dict, model_config, langs, words, counts
     atomic_torch_save(obj, path)
 
 
+ARCH_FIELDS = ("dim", "n_layers", "n_heads", "pre_norm", "gelu", "sinusoidal", "max_positions", "use_lang_emb")
+
+
+def check_arch(ck_model_config: dict, cfg: ModelConfig, path) -> None:
+    """The run's model config must describe the architecture of the checkpoint it starts from (adapters may be new)."""
+    for f in ARCH_FIELDS:
+        if f in ck_model_config and ck_model_config[f] != getattr(cfg, f):
+            raise CheckpointError(f"{path} has model.{f} = {ck_model_config[f]!r} but the run config says "
+                                  f"{getattr(cfg, f)!r}; set model.{f} to the checkpoint's value")
+    a = int(ck_model_config.get("adapter_size", 0))
+    if a and a != cfg.adapter_size:
+        raise CheckpointError(f"{path} has adapters of size {a} but the run config says model.adapter_size = "
+                              f"{cfg.adapter_size}")
+
+
 @dataclass
 class LoadedModel:
     encoder: TransformerModel  # the MLM itself for kind "mlm"

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 
 from relm.config import MLMConfig
 from relm.data.batches import StreamBatches
+from relm.data.corpus import open_corpora
 from relm.data.dictionary import Dictionary
 from relm.errors import CheckpointError
-from relm.model.checkpoint import FORMAT, safe_load
+from relm.model.checkpoint import FORMAT, check_arch, safe_load
 from relm.model.extend import load_extended
 from relm.model.transformer import TransformerModel, set_adapter_finetuning
-from relm.train.loop import Trainer, ce_stats, check_arch, open_corpora, ppl_acc, stable_seed
+from relm.train.loop import Trainer
+from relm.train.metrics import ce_stats, ppl_acc
 from relm.train.schedule import Lambda
 from relm.tokens import MASK, PAD
 
@@ -176,7 +178,7 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
         load_init(model, init, dico, langs, cfg, extension, trainer.log)
     if cfg.trainable == "adapters":
         set_adapter_finetuning(model)
-    iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=stable_seed(trainer.seed, "mlm", lg))
+    iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=trainer.seed_for("mlm", lg))
                  for lg, c in train_c.items()}
     trainer.attach({"model": model}, MLMNet(model), iterators)
     dev = trainer.device
