@@ -21,7 +21,7 @@ from relm.data.dictionary import Dictionary
 from relm.data.noise import add_noise
 from relm.generate import BACK_TRANSLATION, VALIDATION, generate_beam, generate_greedy
 from relm.errors import CheckpointError
-from relm.model.checkpoint import FORMAT, build_and_load, check_arch, safe_load
+from relm.model.checkpoint import build_and_load, load_start
 from relm.model.extend import build_unmt_from_mlm
 from relm.model.transformer import TransformerModel
 from relm.text.tokenize import remove_bpe
@@ -66,13 +66,7 @@ def build_models(cfg: UNMTConfig, init: str | None, dico: Dictionary, langs: lis
     if not init:
         return (TransformerModel(cfg.model, n_words, n_langs, False),
                 TransformerModel(cfg.model, n_words, n_langs, True))
-    ck = safe_load(init)
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("kind") not in ("mlm", "unmt"):
-        raise CheckpointError(f"{init} is not a relm MLM or UNMT checkpoint")
-    check_arch(ck["model_config"], cfg.model, init)
-    if list(ck["words"]) != dico.words:
-        raise CheckpointError(f"{init} was trained with another dictionary ({len(ck['words'])} words) than "
-                              f"{dico.source} ({len(dico)} words)")
+    ck = load_start(init, ("mlm", "unmt"), cfg.model, dico)
     if ck["kind"] == "unmt":
         if list(ck["langs"]) != langs:
             raise CheckpointError(f"{init} is a UNMT model for {ck['langs']}, this run is for {langs}")
