@@ -11,7 +11,7 @@ from relm.errors import CheckpointError
 from relm.files import atomic_torch_save
 from relm.model.checkpoint import build_and_load, load_model, load_start, safe_load, save_model
 from relm.model.extend import build_unmt_from_mlm, extend_state_dict, load_extended
-from relm.model.transformer import TransformerModel, set_adapter_finetuning, trainable_parameters_for_adapters
+from relm.model.transformer import TransformerModel, set_adapter_finetuning
 
 V, PAD = 40, 2
 VARIANTS = {
@@ -145,7 +145,6 @@ def test_adapter_finetuning_trainable_set():
     assert {n for n, p in m.named_parameters() if p.requires_grad} == expected
     assert not m.lang_embeddings.weight.requires_grad and not m.attentions[0].q_lin.weight.requires_grad
     assert m.pred_layer.proj.weight.requires_grad  # tied to embeddings
-    assert len(trainable_parameters_for_adapters(m)) == len(expected)
 
 
 def test_adapters_placement_changes_output_and_count():
@@ -153,7 +152,7 @@ def test_adapters_placement_changes_output_and_count():
     with torch.device("meta"):  # shapes only
         m = TransformerModel(ModelConfig(dim=1024, n_layers=6, n_heads=8, adapter_size=256), 20, 2, False)
     n = sum(p.numel() for k, p in m.named_parameters() if k.startswith("adapters_"))
-    assert n == 12 * 525_568  # reference §3
+    assert n == 12 * 525_568  # RE-LM src/model/transformer.py: 2 adapters per layer; README: dim 1024, adapter_size 256
     small = TransformerModel(cfg(adapter_size=8), V, 2, False).eval()
     x, lengths = batch()
     h = small(x, lengths)
