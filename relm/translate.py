@@ -29,11 +29,13 @@ def resolve_device(device: str) -> str:
 
 
 def _load(model, device) -> LoadedModel:
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device)
-    if loaded.decoder is None:
-        raise CheckpointError(f"{model if not isinstance(model, LoadedModel) else 'model'} is a {loaded.kind!r} "
-                              "checkpoint; translation needs a 'unmt' checkpoint (encoder + decoder)")
-    return loaded
+    """A "unmt" checkpoint path (or an already loaded model) -> LoadedModel with encoder and decoder."""
+    if not isinstance(model, LoadedModel):
+        return load_model(model, device, kinds=("unmt",))
+    if model.decoder is None:
+        raise CheckpointError(f"the model is a {model.kind!r} model; translation needs a 'unmt' model "
+                              "(encoder + decoder)")
+    return model
 
 
 def _lang_id(loaded: LoadedModel, lang: str) -> int:

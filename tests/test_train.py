@@ -26,8 +26,10 @@ from relm.model.checkpoint import load_model, safe_load, save_model
 from relm.model.transformer import ADAPTER_TRAINABLE_PREFIXES, TransformerModel
 from relm.text.vocab import count_vocab, extend_vocab
 from relm.errors import NonFiniteLossError
-from relm.train.loop import EXIT_REQUEUE, Trainer, dist_from_env
+from relm.train.devices import dist_from_env
+from relm.train.loop import Trainer
 from relm.train.mlm import MLMNet, train_mlm
+from relm.train.resume import EXIT_REQUEUE
 from relm.train.unmt import train_unmt
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -553,4 +555,4 @@ def test_nan_steps_are_skipped_then_fatal(data, tmp_path):
     tr.optimize(loss(float("nan")))
     with pytest.raises(NonFiniteLossError, match="3 consecutive"):
         tr.optimize(loss(float("nan")))
-    tr._restore_signals()
+    tr.signals.restore()

@@ -19,7 +19,8 @@ V = len(WORDS)
 
 
 def xlm_state(decoder=False, n_langs=2, adapter_size=0, seed=0):
-    """A state dict written from XLM's key names and shapes (reference §4.1), random values everywhere."""
+    """A state dict written from XLM's key names and shapes (XLM src/model/transformer.py: TransformerModel), random
+    values everywhere."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g) * 0.3  # noqa: E731
     sd = OrderedDict()

@@ -3,6 +3,7 @@
 Files for a corpus addressed by `P = {prefix}.json`: `{prefix}.tok.npy` (ids, no EOS between sentences; uint16 when
 the dictionary has fewer than 65536 words, else int32), `{prefix}.off.npy` (int64, n+1 offsets: sentence i is
 tok[off[i]:off[i+1]]) and the JSON with the metadata, written last so that its presence means a complete corpus.
+`open_corpora` opens the corpora of a training run and checks their language and dictionary.
 """
 from __future__ import annotations
 
@@ -123,3 +124,25 @@ class Corpus:
     @property
     def lang(self) -> str:
         return self.meta["lang"]
+
+
+def open_corpora(paths: dict[str, str], dico: Dictionary, vocab: str, what: str) -> dict[str, Corpus]:
+    """Corpus objects for {lang: json} of a training run; each must be binarized with the run's dictionary `dico`
+    (read from `vocab`) or a prefix of it (RE-LM: the HMR corpus keeps the HMR dictionary, whose ids mean the same in
+    the extended one). `what` (train, valid, test) names the corpora in errors."""
+    sha = sha256_file(vocab)
+    out = {}
+    for lang, path in sorted(paths.items()):
+        c = Corpus(path)
+        if c.meta.get("lang") not in (None, lang):
+            raise InputError(f"{what} corpus {path} is language {c.meta['lang']!r}, given as {lang!r}")
+        if c.meta.get("vocab_sha256") != sha:
+            src = c.meta.get("vocab")
+            if not src or not Path(src).is_file():
+                raise InputError(f"{what} corpus {path} was binarized with the vocabulary {src!r}, which differs "
+                                 f"from {vocab} and cannot be read to check that it is a prefix of it")
+            Dictionary.read_vocab(src).check_prefix_of(dico)
+        if c.meta.get("n_words", 0) > len(dico):
+            raise InputError(f"{what} corpus {path} has {c.meta['n_words']} words, the model's dictionary {len(dico)}")
+        out[lang] = c
+    return out

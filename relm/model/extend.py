@@ -1,23 +1,46 @@
 """RE-LM vocabulary extension of model weights, and building the UNMT encoder/decoder from an MLM.
 
 The extended dictionary keeps the pretrained ids 0..V_old-1 and appends the n_new LMR tokens (relm.text.vocab), so
-the extension is an identity copy of the old rows plus new rows. In RE-LM the embedding matrix is tied to the output
-layer and the output layer's Uniform(-1/dim, 1/dim) draw is loaded last, so that is the effective init of the new rows;
-the new output-bias entries are 0 (reference §2.2-2.5). Language embeddings and adapters that are not in the checkpoint
-keep their fresh initialisation.
+the extension is an identity copy of the old rows plus new rows (RE-LM src/model/__init__.py: modify_params). In RE-LM
+the embedding matrix is tied to the output layer and the output layer's Uniform(-1/dim, 1/dim) draw is loaded last, so
+that is the effective init of the new rows; the new output-bias entries are 0. Language embeddings and adapters that
+are not in the checkpoint keep their fresh initialisation (RE-LM loads with strict=False).
 """
 from __future__ import annotations
+
+import json
 
 import torch
 
 from relm.config import ModelConfig
+from relm.data.dictionary import Dictionary
 from relm.errors import CheckpointError
-from relm.model.checkpoint import strip_module_prefix
+from relm.model.checkpoint import load_weights, strip_module_prefix
 from relm.model.transformer import TransformerModel
 
-EXTENDED_KEYS = ("embeddings.weight", "pred_layer.proj.weight", "pred_layer.proj.bias")
 DECODER_ONLY_PREFIXES = ("encoder_attn.", "layer_norm15.")
 FRESH_PREFIXES = ("lang_embeddings.", "adapters_")  # may be missing from a checkpoint: keep the fresh init
+
+
+def extension_size(extension: str, words: list[str], dico: Dictionary, path) -> int:
+    """n_new of the RE-LM extension sidecar `extension`, checked against the words of the checkpoint `path` (which
+    must be the first words of `dico`) and the extended dictionary `dico`."""
+    with open(extension, encoding="utf-8") as f:
+        side = json.load(f)
+    n_new = int(side["n_new"])
+    if len(words) + n_new != len(dico):
+        raise CheckpointError(f"vocabulary extension mismatch: {path} has {len(words)} words, {extension} adds "
+                              f"n_new={n_new}, but the dictionary {dico.source} has {len(dico)} words "
+                              f"(expected {len(words) + n_new})")
+    for key, v, where in (("n_words_hmr", len(words), f"checkpoint {path}"),
+                          ("n_words_ext", len(dico), f"dictionary {dico.source}")):
+        if key in side and int(side[key]) != v:
+            raise CheckpointError(f"{extension}: {key} = {side[key]} but {where} has {v} words")
+    try:
+        Dictionary.from_words(list(words)).check_prefix_of(dico)
+    except ValueError as e:
+        raise CheckpointError(f"the words of {path} are not the first words of {dico.source}: {e}") from None
+    return n_new
 
 
 def extend_state_dict(state: dict, n_new: int, dim: int, generator: torch.Generator | None = None) -> dict:
@@ -42,20 +65,6 @@ def extend_state_dict(state: dict, n_new: int, dim: int, generator: torch.Genera
     return out
 
 
-def _load_checked(model: TransformerModel, state: dict, allowed_missing: tuple[str, ...], where: str) -> None:
-    """load_state_dict(strict=False) that only tolerates missing keys with the given prefixes."""
-    own = model.state_dict()
-    unexpected = sorted(k for k in state if k not in own)
-    missing = sorted(k for k in own if k not in state and not k.startswith(allowed_missing))
-    bad = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-           for k in state if k in own and state[k].shape != own[k].shape]
-    if unexpected or missing or bad:
-        parts = [f"unexpected keys {unexpected[:5]}" if unexpected else "",
-                 f"missing keys {missing[:5]}" if missing else "", f"size mismatches {bad[:5]}" if bad else ""]
-        raise CheckpointError(f"{where}: checkpoint does not match the model: " + "; ".join(p for p in parts if p))
-    model.load_state_dict(state, strict=False)
-
-
 def load_extended(model: TransformerModel, state: dict, n_new: int, expected_n_words: int,
                   generator: torch.Generator | None = None) -> TransformerModel:
     """Load an HMR checkpoint (V_old words) into `model` built for the extended dictionary (expected_n_words)."""
@@ -66,18 +75,15 @@ def load_extended(model: TransformerModel, state: dict, n_new: int, expected_n_w
                               f"{v_old + n_new}, but the extended dictionary has {expected_n_words} words")
     if model.n_words != expected_n_words:
         raise CheckpointError(f"model has {model.n_words} words, the extended dictionary {expected_n_words}")
-    _load_checked(model, extend_state_dict(state, n_new, model.dim, generator), FRESH_PREFIXES, "vocabulary extension")
-    return model
+    return load_weights(model, extend_state_dict(state, n_new, model.dim, generator), "vocabulary extension",
+                        FRESH_PREFIXES)
 
 
-def build_unmt_from_mlm(state: dict, cfg: ModelConfig, n_words: int, n_langs: int, redraw_lang_emb: bool = True,
-                        n_new: int = 0, generator: torch.Generator | None = None):
-    """Encoder and decoder as two independent copies of the MLM weights (reference §4.3); the decoder's
-    cross-attention and layer_norm15 are fresh. redraw_lang_emb (relm's behaviour): both keep freshly drawn language
-    embeddings instead of the MLM's. n_new > 0 extends the vocabulary here as well. Returns (encoder, decoder)."""
+def build_unmt_from_mlm(state: dict, cfg: ModelConfig, n_words: int, n_langs: int, redraw_lang_emb: bool = True):
+    """Encoder and decoder as two independent copies of the MLM weights (XLM src/model/__init__.py: build_model with
+    two reload paths); the decoder's cross-attention and layer_norm15 are fresh. redraw_lang_emb (RE-LM's
+    build_model): both keep freshly drawn language embeddings instead of the MLM's. Returns (encoder, decoder)."""
     state = strip_module_prefix(state)
-    if n_new:
-        state = extend_state_dict(state, n_new, cfg.dim, generator)
     v = state["embeddings.weight"].shape[0]
     if v != n_words:
         raise CheckpointError(f"MLM checkpoint has {v} words, the dictionary has {n_words}")
@@ -88,6 +94,6 @@ def build_unmt_from_mlm(state: dict, cfg: ModelConfig, n_words: int, n_langs: in
         if redraw_lang_emb or not hasattr(model, "lang_embeddings"):
             s.pop("lang_embeddings.weight", None)
         allowed = ("lang_embeddings.",) + (DECODER_ONLY_PREFIXES if is_decoder else ())
-        _load_checked(model, s, allowed, "decoder from MLM" if is_decoder else "encoder from MLM")
+        load_weights(model, s, "decoder from MLM" if is_decoder else "encoder from MLM", allowed)
         models.append(model)
     return models[0], models[1]

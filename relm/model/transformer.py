@@ -111,12 +111,12 @@ def adapter(dim: int, size: int) -> nn.Sequential:
 
 class TransformerModel(nn.Module):
     def __init__(self, cfg: ModelConfig, n_words: int, n_langs: int, is_decoder: bool, pad_index: int = PAD,
-                 eos_index: int = EOS, use_adapters: bool | None = None):
+                 eos_index: int = EOS):
         super().__init__()
         self.cfg, self.n_words, self.n_langs, self.is_decoder = cfg, n_words, n_langs, is_decoder
         self.pad_index, self.eos_index = pad_index, eos_index
         self.dim, self.n_layers, self.dropout = cfg.dim, cfg.n_layers, cfg.dropout
-        self.use_adapters = cfg.adapter_size > 0 if use_adapters is None else use_adapters
+        self.use_adapters = cfg.adapter_size > 0
         dim = cfg.dim
 
         # registration order = XLM's (state-dict order)
@@ -136,7 +136,6 @@ class TransformerModel(nn.Module):
             self.layer_norm15 = nn.ModuleList()
             self.encoder_attn = nn.ModuleList()
         if self.use_adapters:
-            assert cfg.adapter_size > 0, "use_adapters needs cfg.adapter_size > 0"
             self.adapters_1 = nn.ModuleList()
             self.adapters_2 = nn.ModuleList()
         for _ in range(cfg.n_layers):
@@ -248,13 +247,3 @@ def set_adapter_finetuning(model: nn.Module) -> list[str]:
         if on:
             names.append(name)
     return names
-
-
-def trainable_parameters_for_adapters(model: nn.Module) -> list[nn.Parameter]:
-    """Apply `set_adapter_finetuning` and return the parameters to give the optimizer."""
-    set_adapter_finetuning(model)
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

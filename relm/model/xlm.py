@@ -1,11 +1,11 @@
 """Import of original XLM / RE-LM checkpoints into relm's checkpoint format.
 
-XLM checkpoints (reference §4.2) pickle `params.__dict__`, which holds numpy arrays/scalars and a torch tensor, so they
-cannot be read with plain `torch.load(weights_only=True)`. We do NOT use an unrestricted unpickler: we use torch's own
-restricted unpickler (`weights_only=True`, for both the zip and the legacy torch.save formats), extended through
-`torch.serialization.safe_globals` by exactly the numpy names needed to rebuild arrays, dtypes and scalars (including
-their numpy<2 names `numpy.core.multiarray.*`). Every other global (os.system, arbitrary classes, ...) is refused with
-an error naming it.
+XLM checkpoints (XLM src/trainer.py: Trainer.save_checkpoint) pickle `params.__dict__`, which holds numpy
+arrays/scalars and a torch tensor, so they cannot be read with plain `torch.load(weights_only=True)`. We do NOT use an
+unrestricted unpickler: we use torch's own restricted unpickler (`weights_only=True`, for both the zip and the legacy
+torch.save formats), extended through `torch.serialization.safe_globals` by exactly the numpy names needed to rebuild
+arrays, dtypes and scalars (including their numpy<2 names `numpy.core.multiarray.*`). Every other global (os.system,
+arbitrary classes, ...) is refused with an error naming it.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def model_config_from_params(params: dict, state: dict) -> ModelConfig:
         adapter_size=int(params.get("adapter_size", 0)) if use_adapters else 0)
 
 
-def _langs(params: dict, state: dict) -> tuple[list[str], list[int]]:
+def _langs(params: dict) -> tuple[list[str], list[int]]:
     """Language names in our order (sorted) and, for each, its row in the XLM lang_embeddings."""
     id2lang = params.get("id2lang")
     if id2lang:
@@ -116,7 +116,7 @@ def convert_xlm_checkpoint(in_path, out_path) -> dict:
     states = {name: strip_module_prefix(ck[key]) for name, (key, _) in names.items()}
     first = next(iter(states.values()))
     cfg = model_config_from_params(params, first)
-    langs, order = _langs(params, first)
+    langs, order = _langs(params)
     models = {}
     for name, (key, is_decoder) in names.items():
         state = dict(states[name])

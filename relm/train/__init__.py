@@ -1,1 +1,4 @@
-"""Training loops: masked LM and unsupervised NMT, with checkpoints, resume, signals, AMP and DDP."""
+"""Training: mlm.py (masked LM) and unmt.py (denoising + back-translation) drive loop.py (the Trainer: optimizer,
+iterations, epochs, evaluation bookkeeping); resume.py (run directory, resume checkpoints, random states, signals),
+devices.py (DDP ranks, device, AMP), metrics.py (metric names, stopping criterion, ppl/acc) and schedule.py (learning
+rate and lambda schedules) serve it."""

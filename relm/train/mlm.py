@@ -9,7 +9,6 @@ metrics {valid,test}_{lang}_mlm_{ppl,acc} (+ {split}_mlm_{ppl,acc} averages when
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -19,12 +18,13 @@ import torch.nn.functional as F
 
 from relm.config import MLMConfig
 from relm.data.batches import StreamBatches
+from relm.data.corpus import open_corpora
 from relm.data.dictionary import Dictionary
-from relm.errors import CheckpointError
-from relm.model.checkpoint import FORMAT, safe_load
-from relm.model.extend import load_extended
+from relm.model.checkpoint import load_start
+from relm.model.extend import extension_size, load_extended
 from relm.model.transformer import TransformerModel, set_adapter_finetuning
-from relm.train.loop import Trainer, ce_stats, check_arch, open_corpora, ppl_acc, stable_seed
+from relm.train.loop import Trainer
+from relm.train.metrics import ce_stats, ppl_acc
 from relm.train.schedule import Lambda
 from relm.tokens import MASK, PAD
 
@@ -96,32 +96,8 @@ def load_init(model: TransformerModel, init: str, dico: Dictionary, langs: list[
               extension: str | None, log) -> None:
     """Initialize `model` from our MLM checkpoint; with `extension`, from an HMR checkpoint whose vocabulary is
     extended by the sidecar's n_new rows (RE-LM)."""
-    ck = safe_load(init)
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("kind") != "mlm":
-        raise CheckpointError(f"{init} is not a relm MLM checkpoint")
-    check_arch(ck["model_config"], cfg.model, init)
-    words = list(ck["words"])
-    if extension:
-        with open(extension, encoding="utf-8") as f:
-            side = json.load(f)
-        n_new = int(side["n_new"])
-        if len(words) + n_new != len(dico):
-            raise CheckpointError(f"vocabulary extension mismatch: {init} has {len(words)} words, {extension} adds "
-                                  f"n_new={n_new}, but the dictionary {dico.source} has {len(dico)} words "
-                                  f"(expected {len(words) + n_new})")
-        for key, v, where in (("n_words_hmr", len(words), f"checkpoint {init}"),
-                              ("n_words_ext", len(dico), f"dictionary {dico.source}")):
-            if key in side and int(side[key]) != v:
-                raise CheckpointError(f"{extension}: {key} = {side[key]} but {where} has {v} words")
-        try:
-            Dictionary.from_words(words).check_prefix_of(dico)
-        except ValueError as e:
-            raise CheckpointError(f"the words of {init} are not the first words of {dico.source}: {e}") from None
-    else:
-        n_new = 0
-        if words != dico.words:
-            raise CheckpointError(f"{init} was trained with another dictionary ({len(words)} words) than {dico.source} "
-                                  f"({len(dico)} words); for RE-LM pass the vocabulary extension sidecar")
+    ck = load_start(init, ("mlm",), cfg.model, dico=None if extension else dico)
+    n_new = extension_size(extension, ck["words"], dico, init) if extension else 0
     state = dict(ck["model"])
     if "lang_embeddings.weight" in state and (list(ck["langs"]) != langs or not hasattr(model, "lang_embeddings")):
         log(f"language embeddings of {init} (langs {ck['langs']}) are not used: new ones for {langs}")
@@ -176,7 +152,7 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
         load_init(model, init, dico, langs, cfg, extension, trainer.log)
     if cfg.trainable == "adapters":
         set_adapter_finetuning(model)
-    iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=stable_seed(trainer.seed, "mlm", lg))
+    iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=trainer.seed_for("mlm", lg))
                  for lg, c in train_c.items()}
     trainer.attach({"model": model}, MLMNet(model), iterators)
     dev = trainer.device

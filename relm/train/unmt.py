@@ -16,15 +16,17 @@ from sacrebleu.metrics import BLEU
 
 from relm.config import UNMTConfig
 from relm.data.batches import SentenceBatches, parallel_eval_batches
+from relm.data.corpus import open_corpora
 from relm.data.dictionary import Dictionary
 from relm.data.noise import add_noise
 from relm.generate import BACK_TRANSLATION, VALIDATION, generate_beam, generate_greedy
 from relm.errors import CheckpointError
-from relm.model.checkpoint import FORMAT, build_and_load, safe_load
+from relm.model.checkpoint import build_and_load, load_start
 from relm.model.extend import build_unmt_from_mlm
 from relm.model.transformer import TransformerModel
 from relm.text.tokenize import remove_bpe
-from relm.train.loop import Trainer, ce_stats, check_arch, open_corpora, ppl_acc, stable_seed
+from relm.train.loop import Trainer
+from relm.train.metrics import ce_stats, ppl_acc
 from relm.train.schedule import Lambda
 
 
@@ -64,13 +66,7 @@ def build_models(cfg: UNMTConfig, init: str | None, dico: Dictionary, langs: lis
     if not init:
         return (TransformerModel(cfg.model, n_words, n_langs, False),
                 TransformerModel(cfg.model, n_words, n_langs, True))
-    ck = safe_load(init)
-    if not isinstance(ck, dict) or ck.get("format") != FORMAT or ck.get("kind") not in ("mlm", "unmt"):
-        raise CheckpointError(f"{init} is not a relm MLM or UNMT checkpoint")
-    check_arch(ck["model_config"], cfg.model, init)
-    if list(ck["words"]) != dico.words:
-        raise CheckpointError(f"{init} was trained with another dictionary ({len(ck['words'])} words) than "
-                              f"{dico.source} ({len(dico)} words)")
+    ck = load_start(init, ("mlm", "unmt"), cfg.model, dico)
     if ck["kind"] == "unmt":
         if list(ck["langs"]) != langs:
             raise CheckpointError(f"{init} is a UNMT model for {ck['langs']}, this run is for {langs}")
@@ -129,7 +125,7 @@ def train_unmt(cfg: UNMTConfig, run_dir: str, vocab: str, train: dict[str, str],
     for name, ls in (("ae", sorted(set(ae))), ("bt", sorted({s[0] for s in bt}))):
         for lg in ls:
             iterators[f"{name}:{lg}"] = SentenceBatches(train_c[lg], cfg.tokens_per_batch, cfg.batch_size, cfg.max_len,
-                                                        seed=stable_seed(trainer.seed, name, lg),
+                                                        seed=trainer.seed_for(name, lg),
                                                         max_batch_size=cfg.max_batch_size)
     trainer.attach({"encoder": encoder, "decoder": decoder}, Seq2Seq(encoder, decoder), iterators)
     dev, lang_id = trainer.device, {lg: i for i, lg in enumerate(langs)}
