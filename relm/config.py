@@ -16,6 +16,7 @@ import yaml
 
 from relm.errors import ConfigError
 from relm.files import atomic_write_text
+from relm.train.metrics import config_metric_names, metric_spec, parse_stopping  # torch-free
 from relm.train.schedule import LR_SCHEDULES, Lambda  # torch-free
 
 
@@ -236,6 +237,17 @@ def check(cfg, where: str = ""):
         parts = cfg.word_mask_keep_rand.split(",")
         need(len(parts) == 3 and all(_is_number(p) and float(p) >= 0 for p in parts)
              and sum(map(float, parts)) > 0, "word_mask_keep_rand", "must be three non-negative numbers 'mask,keep,rand'")
+    if isinstance(cfg, (MLMConfig, UNMTConfig)):
+        names = config_metric_names(cfg)
+        try:
+            stop = parse_stopping(cfg.run.stopping_criterion)
+        except ValueError:
+            need(False, "run.stopping_criterion", f"must be 'metric,N' (N >= 0), got {cfg.run.stopping_criterion!r}")
+        for key, metric in [("run.validation_metrics", metric_spec(m.strip())[0])
+                            for m in cfg.run.validation_metrics.split(",") if m.strip()] + \
+                           ([("run.stopping_criterion", stop[0])] if stop else []):
+            need(metric in names, key, f"names {metric!r}, which this run does not compute "
+                                       f"(it computes: {', '.join(names)})")
     if isinstance(cfg, UNMTConfig):
         need(cfg.max_len + 2 <= cfg.model.max_positions, "max_len",
              f"+ 2 (BOS, EOS) must be <= model.max_positions={cfg.model.max_positions}, got {cfg.max_len}")

@@ -9,7 +9,7 @@ from snakemake.utils import min_version
 
 from relm.errors import ConfigError
 from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, mlm_langs, split_pair
-from relm.systems import mlm_settings, train_threads, unmt_settings
+from relm.systems import mlm_settings, train_threads, unmt_langs, unmt_settings
 from relm.workflow import check_config
 
 min_version("9.0")
@@ -200,7 +200,7 @@ def mlm_start(wildcards):
 
 
 def unmt_corpora(wildcards):
-    langs = [HMR, lmr_of(wildcards.pair)]
+    langs = unmt_langs(wildcards.pair)["langs"]
     return run_corpora(SYSTEMS[wildcards.system].dictionary, wildcards.pair, {"train": langs, "eval": langs})
 
 

@@ -87,3 +87,19 @@ def test_values_that_cannot_work_are_named(cls, data, key):
 @pytest.mark.parametrize("cls", [C.MLMConfig, C.UNMTConfig, C.TranslateConfig])
 def test_defaults_pass_the_checks(cls):
     C.check(cls())
+
+
+@pytest.mark.parametrize("cls, data, key", [
+    (C.MLMConfig, {"langs": ["en"], "run": {"stopping_criterion": "_valid_en_mlm_pl,3"}}, "run.stopping_criterion"),
+    (C.MLMConfig, {"langs": ["en"], "run": {"stopping_criterion": "_valid_en_mlm_ppl"}}, "run.stopping_criterion"),
+    (C.MLMConfig, {"langs": ["en"], "run": {"validation_metrics": "_valid_mk_mlm_ppl"}}, "run.validation_metrics"),
+    (C.UNMTConfig, {"langs": ["en", "mk"], "bt_steps": ["en-mk-en", "mk-en-mk"],
+                    "run": {"stopping_criterion": "valid_mk-en_mt_blue,5"}}, "run.stopping_criterion"),
+    (C.UNMTConfig, {"langs": ["en", "mk"], "bt_steps": ["en-mk-en"], "eval_bleu": False,
+                    "run": {"validation_metrics": "valid_en-mk_mt_bleu"}}, "run.validation_metrics"),
+])
+def test_metric_names_must_be_computed_by_the_run(cls, data, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        C.check(C.from_dict(cls, data))
+    ok = {**data, "run": {"validation_metrics": "valid_en-mk_mt_ppl" if cls is C.UNMTConfig else "_valid_en_mlm_ppl"}}
+    C.check(C.from_dict(cls, ok))

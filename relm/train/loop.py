@@ -303,3 +303,10 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "best": dict(self.best),
                 "last": self.history[-1] if self.history else {}, "history": list(self.history),
                 "best_file": str(best_file) if best_file else None, "out": out, "nan_steps": self.nan_total}
+
+
+def ce_stats(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, int, int]:
+    """(sum of cross-entropy, number of correct argmax, number of targets) for evaluation."""
+    logits = logits.float()
+    loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+    return loss, int((logits.argmax(-1) == y).sum()), int(y.numel())

@@ -23,8 +23,8 @@ from relm.data.dictionary import Dictionary
 from relm.model.checkpoint import load_start
 from relm.model.extend import extension_size, load_extended
 from relm.model.transformer import TransformerModel, set_adapter_finetuning
-from relm.train.loop import Trainer
-from relm.train.metrics import ce_stats, ppl_acc
+from relm.train.loop import Trainer, ce_stats
+from relm.train.metrics import mlm_metric_names, ppl_acc
 from relm.train.schedule import Lambda
 from relm.tokens import MASK, PAD
 
@@ -138,12 +138,7 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
         raise ValueError(f"empty training corpora: {', '.join(empty)}")
     evals = {split: open_corpora({lg: p for lg, p in paths.items() if lg in eval_langs}, dico, vocab, split)
              for split, paths in (("valid", valid), ("test", test))}
-    metric_names = []
-    for split, cs in evals.items():
-        for lg in cs:
-            metric_names += [f"{split}_{lg}_mlm_ppl", f"{split}_{lg}_mlm_acc"]
-        if len(cs) > 1:
-            metric_names += [f"{split}_mlm_ppl", f"{split}_mlm_acc"]
+    metric_names = mlm_metric_names({split: list(cs) for split, cs in evals.items()})
     inputs = dict(vocab=vocab, train=train, valid=valid, test=test, init=init, extension=extension)
     trainer = Trainer(cfg, "mlm", run_dir, inputs, langs, dico.words, dico.counts, metric_names, log)
 

@@ -25,8 +25,8 @@ from relm.model.checkpoint import build_and_load, load_start
 from relm.model.extend import build_unmt_from_mlm
 from relm.model.transformer import TransformerModel
 from relm.text.tokenize import remove_bpe
-from relm.train.loop import Trainer
-from relm.train.metrics import ce_stats, ppl_acc
+from relm.train.loop import Trainer, ce_stats
+from relm.train.metrics import mt_directions, mt_metric_names, ppl_acc
 from relm.train.schedule import Lambda
 
 
@@ -102,16 +102,14 @@ def train_unmt(cfg: UNMTConfig, run_dir: str, vocab: str, train: dict[str, str],
     if cfg.tokens_per_batch == 0 or cfg.tokens_per_batch < -1 or (cfg.tokens_per_batch == -1 and cfg.batch_size < 1):
         raise ValueError("tokens_per_batch must be > 0, or -1 with batch_size > 0")
     lam_ae, lam_bt = Lambda(cfg.lambda_ae, "lambda_ae"), Lambda(cfg.lambda_bt, "lambda_bt")
-    # directions evaluated: l1->l2 and l2->l3 of every l1-l2-l3 (XLM evaluates the latter)
-    directions = sorted({(a, b) for s in bt for a, b in ((s[0], s[1]), (s[1], s[2]))})
+    directions = mt_directions(bt)
 
     dico = Dictionary.read_vocab(vocab)
     train_c = open_corpora({lg: train[lg] for lg in need}, dico, vocab, "train")
     evals = {split: open_corpora({lg: p for lg, p in paths.items() if lg in langs}, dico, vocab, split)
              for split, paths in (("valid", valid), ("test", test))}
     eval_dirs = [(split, a, b) for split, cs in evals.items() for a, b in directions if a in cs and b in cs]
-    kinds = ["ppl", "acc"] + (["bleu"] if cfg.eval_bleu else [])
-    metric_names = [f"{split}_{a}-{b}_mt_{k}" for split, a, b in eval_dirs for k in kinds]
+    metric_names = mt_metric_names(eval_dirs, cfg.eval_bleu)
     inputs = dict(vocab=vocab, train=train, valid=valid, test=test, init=init)
     trainer = Trainer(cfg, "unmt", run_dir, inputs, langs, dico.words, dico.counts, metric_names, log)
 
