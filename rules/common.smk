@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
+from relm.config import TranslateConfig, from_dict
 from relm.errors import ConfigError
 from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, mlm_langs, split_pair
 from relm.systems import mlm_settings, train_threads, unmt_langs, unmt_settings
@@ -99,6 +100,10 @@ def runtime(key):
     """SLURM minutes for a training rule; grows with each retry (attempt)."""
     base = int(config.get("runtime", {}).get(key, 240))
     return lambda wildcards, attempt: base * attempt
+
+
+def translate_args():
+    return from_dict(TranslateConfig, config.get("translate"), "translate.").cli_args()
 
 
 def corpus_args(flag, mapping):

@@ -11,8 +11,7 @@ rule translate:
         hyp="results/{pair}/{system}/{split}.{src}-{tgt}.hyp",
         tok="results/{pair}/{system}/{split}.{src}-{tgt}.hyp.tok",
     params:
-        beam=config.get("translate", {}).get("beam_size", 1),
-        lp=config.get("translate", {}).get("length_penalty", 1.0),
+        settings=translate_args(),
     conda:
         "../envs/relm.yaml"
     log:
@@ -22,7 +21,7 @@ rule translate:
     shell:
         "relm translate --model {input.model:q} --src-lang {wildcards.src:q} --tgt-lang {wildcards.tgt:q} "
         "--codes {input.codes:q} --input {input.text:q} --output {output.hyp:q} --tok-output {output.tok:q} "
-        "--beam-size {params.beam:q} --length-penalty {params.lp:q} > {log:q} 2>&1"
+        "{params.settings} > {log:q} 2>&1"
 
 
 rule score:
