@@ -91,3 +91,33 @@ def test_paper_configs_are_valid(tmp_path):
 
 def test_tiny_config_is_valid(tmp_path):
     snakemake(tmp_path, "-n", "--cores", "1", config=write_config(tmp_path / "c.yaml", tiny_config()))
+
+
+def documented_commands() -> list[str]:
+    """Every `snakemake ...` command line shown in the README and in the headers of configs and profiles."""
+    out = []
+    for path in [REPO / "README.md", *sorted((REPO / "config").glob("*.yaml")), REPO / "slurm" / "config.yaml",
+                 REPO / "profiles" / "local" / "config.yaml"]:
+        for line in path.read_text().splitlines():
+            text = line.lstrip("# ").split("  #")[0].strip()
+            if text.startswith("snakemake ") and (line.startswith("    ") or line.startswith("#")):
+                out.append(text)
+    return sorted(set(out))
+
+
+@pytest.mark.parametrize("command", documented_commands())
+def test_documented_command_lines_plan(tmp_path, command):
+    """Each documented command, typed in the repository root, plans its jobs (dry run). The paper config needs the
+    user's corpora: there the only acceptable failure is the config check naming the missing file."""
+    import shlex
+    import subprocess
+    import sys
+
+    args = shlex.split(command)[1:]
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *args, "-n", "-d", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    if "paper.yaml" in command and proc.returncode != 0:
+        assert "config key 'data." in out and "file not found" in out, out[-3000:]
+    else:
+        assert proc.returncode == 0 and "This was a dry-run" in out, out[-3000:]
