@@ -187,7 +187,7 @@ def _download(url: str, part: Path, want: str, retries: int, timeout: float, ret
                 delay = min(MAX_DELAY, retry_delay * 2**attempt) * jitter.uniform(0.5, 1.5)
                 if e.wait is not None:
                     delay = e.wait
-            log(f"fetch: {url}: {e} after {got} bytes; retrying in {delay:.1f} s (attempt {attempt + 2}/{retries + 1})")
+            log(f"fetch: {url}: {e} after {got} bytes; retrying in {delay:.3g} s (attempt {attempt + 2}/{retries + 1})")
             time.sleep(delay)
     got = sha256_file(part)
     if got != want:
