@@ -275,7 +275,7 @@ def test_sample_is_uniform_and_nested():
     (b"a\r\nb\r\n", b"a\nb\n"),
     (b"a\r\rb", b"a\n\nb\n"),  # an empty line between two bare CRs; a final newline added
     (b"x" * (CHUNK - 1) + b"\r\ny\r", b"x" * (CHUNK - 1) + b"\ny\n"),  # CRLF split across two read blocks
-])
+], ids=["cr", "crlf", "cr-cr", "crlf-across-blocks"])
 def test_line_ends_normalized(tmp_path, raw, expected):
     (tmp_path / "in.txt.gz").write_bytes(gzip.compress(raw))
     fetch({"path": str(tmp_path / "in.txt.gz")}, tmp_path / "out.txt", log=quiet)
@@ -291,7 +291,7 @@ def test_bare_cr_lines_are_sampled_as_lines(tmp_path):
 @pytest.mark.parametrize("name, data", [
     ("empty.txt", b""), ("blank.txt", b"\n \n\t\r\n"), ("empty.gz", gzip.compress(b"")),
     ("empty.zip", zipped(b"")),
-])
+], ids=["empty", "blank", "empty-gz", "empty-zip"])
 @pytest.mark.parametrize("lines", [None, 1])
 def test_empty_source_is_an_error(tmp_path, name, data, lines):
     (tmp_path / name).write_bytes(data)
