@@ -1,4 +1,5 @@
 """Downloads against a real HTTP server on 127.0.0.1 (Range support, cut transfers), unpacking, sampling, local files."""
+import bz2
 import gzip
 import hashlib
 import io
@@ -126,7 +127,9 @@ def server():
     ("data.tar.gz", lambda b: tarred(b, "w:gz")),
     ("data.tgz", lambda b: tarred(b, "w:gz")),
     ("data.tar.xz", lambda b: tarred(b, "w:xz")),
-], ids=["plain", "gz", "xz", "zip", "tar", "tar.gz", "tgz", "tar.xz"])
+    ("data.txt.bz2", bz2.compress),
+    ("data.tar.bz2", lambda b: tarred(b, "w:bz2")),
+], ids=["plain", "gz", "xz", "zip", "tar", "tar.gz", "tgz", "tar.xz", "bz2", "tar.bz2"])
 def test_download_and_unpack(server, tmp_path, name, pack):
     payload = pack(TEXT)
     server.files["/" + name] = payload
@@ -487,3 +490,21 @@ def test_tar_member_selection(tmp_path):
 def test_bad_source_fails_before_any_work(tmp_path, source, lines, match):
     with pytest.raises(InputError, match=match):
         fetch(source, tmp_path / "out.txt", lines=lines, log=quiet)
+
+
+@pytest.mark.parametrize("name, data, match", [
+    ("c.txt", gzip.compress(TEXT), r"c\.txt: the file is gzip data, not text"),
+    ("c.txt", tarred(TEXT), r"c\.txt: the file is tar data"),
+    ("c.gz", gzip.compress(tarred(TEXT)), r"c\.gz: its gz content is tar data"),  # a .tar.gz named .gz
+    ("c.zip", zipped(bz2.compress(TEXT)), r"c\.zip: its zip content is bzip2 data"),
+    ("c.txt", b"\x28\xb5\x2f\xfd" + TEXT, r"c\.txt: the file is zstd data"),
+], ids=["gz-as-txt", "tar-as-txt", "tar.gz-as-gz", "bz2-in-zip", "zstd-as-txt"])
+def test_content_that_is_not_text_is_refused(tmp_path, name, data, match):
+    """Today's failure mode: an archive copied into the corpus with its headers. Now an error, unless the source
+    says what the file is."""
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(InputError, match=match + r".*set its 'format'"):
+        fetch({"path": str(tmp_path / name)}, tmp_path / "out.txt", log=quiet)
+    assert not (tmp_path / "out.txt").exists()
+    fetch({"path": str(tmp_path / name), "format": "plain"}, tmp_path / "out.txt", log=quiet)  # trusted
+    assert (tmp_path / "out.txt").exists()

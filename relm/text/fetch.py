@@ -4,8 +4,11 @@ sample lines.
 Downloads go to `{out}.part` and are resumed with HTTP Range requests across retries and reruns. 5xx and 429 answers,
 connection resets and timeouts are retried with exponential back-off and jitter (a Retry-After header is honoured).
 A body that ends early is resumed from where it stopped, also when the server sent no Content-Length (the sha256
-tells whether the file is complete). Archives (.gz, .xz, .zip, .tar, .tar.gz/.tgz, .tar.xz) are unpacked as a
-stream; a damaged archive is an error naming the source, and its download is removed so that a rerun fetches it anew.
+tells whether the file is complete). Compressed files and archives (.gz, .xz, .bz2, .zip, .tar, .tar.gz/.tgz,
+.tar.xz, .tar.bz2) are unpacked as a stream; tar and zip members that are links or paths outside the archive are
+refused. A damaged archive is an error naming the source, and its download is removed so that a rerun fetches it
+anew. Content that is still compressed or an archive after unpacking (a name that does not say what the file is) is
+an error too, unless the source sets its "format".
 
 The output is normalized text: LF line ends (CRLF and bare CR become LF) and a final newline. A source without any
 text is an error; nothing is written then.
@@ -19,6 +22,7 @@ block of keys, never for the corpus.
 from __future__ import annotations
 
 import email.utils
+import bz2
 import gzip
 import http.client
 import io
@@ -40,9 +44,14 @@ import numpy as np
 from relm.errors import InputError, eprint
 from relm.files import CHUNK, atomic_output, sha256_file
 
-FORMATS = ("plain", "gz", "xz", "zip", "tar", "tar.gz", "tar.xz")
-_ENDINGS = ((".tar.gz", "tar.gz"), (".tgz", "tar.gz"), (".tar.xz", "tar.xz"), (".txz", "tar.xz"), (".tar", "tar"),
-            (".gz", "gz"), (".xz", "xz"), (".zip", "zip"))
+FORMATS = ("plain", "gz", "xz", "bz2", "zip", "tar", "tar.gz", "tar.xz", "tar.bz2")
+ARCHIVES = ("zip", "tar", "tar.gz", "tar.xz", "tar.bz2")
+_ENDINGS = ((".tar.gz", "tar.gz"), (".tgz", "tar.gz"), (".tar.xz", "tar.xz"), (".txz", "tar.xz"),
+            (".tar.bz2", "tar.bz2"), (".tbz2", "tar.bz2"), (".tar", "tar"), (".gz", "gz"), (".xz", "xz"),
+            (".bz2", "bz2"), (".zip", "zip"))
+# Content that is not text: what a plain file or an unpacked payload must not start with.
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"\xfd7zXZ\x00", "xz"), (b"PK\x03\x04", "zip"), (b"\x28\xb5\x2f\xfd", "zstd"),
+          (b"7z\xbc\xaf\x27\x1c", "7z"), (b"Rar!\x1a\x07", "rar"))
 MAX_RETRY_AFTER = 600.0  # seconds; a server asking for a longer pause is reported instead of waited for
 MAX_DELAY = 120.0  # cap of the exponential back-off, seconds
 READ_SIZE = 1 << 16
@@ -227,7 +236,8 @@ def _open_zip(stack: ExitStack, raw, member: str | None, name: str):
 
 
 def _open_tar(stack: ExitStack, raw, fmt: str, member: str | None, name: str):
-    tf = stack.enter_context(tarfile.open(fileobj=raw, mode={"tar": "r:", "tar.gz": "r:gz", "tar.xz": "r:xz"}[fmt]))
+    mode = {"tar": "r:", "tar.gz": "r:gz", "tar.xz": "r:xz", "tar.bz2": "r:bz2"}[fmt]
+    tf = stack.enter_context(tarfile.open(fileobj=raw, mode=mode))
     members = tf.getmembers()
     for m in members:
         if _unsafe(m.name) or m.issym() or m.islnk():
@@ -279,9 +289,20 @@ class _Text(io.RawIOBase):
         return n
 
 
+def _sniff(head: bytes) -> str | None:
+    """The kind of compressed or archive data that `head` (the first bytes of a stream) starts, if any."""
+    kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), None)
+    if kind is None and head[:3] == b"BZh" and head[4:10] == b"1AY&SY":
+        kind = "bzip2"
+    if kind is None and head[257:262] == b"ustar":
+        kind = "tar"
+    return kind
+
+
 @contextmanager
-def _open_text(path: Path, fmt: str, member: str | None, name: str) -> Iterator[io.BufferedReader]:
-    """The payload's text as a binary stream of LF-terminated lines (see _Text)."""
+def _open_text(path: Path, fmt: str, member: str | None, name: str, sniff: bool = True) -> Iterator:
+    """The payload's text as a binary stream of LF-terminated lines (see _Text). sniff: refuse content that is
+    itself compressed or an archive (a name that does not tell what the file is)."""
     with ExitStack() as stack:
         raw = stack.enter_context(open(path, "rb"))
         try:
@@ -289,21 +310,28 @@ def _open_text(path: Path, fmt: str, member: str | None, name: str) -> Iterator[
                 f = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
             elif fmt == "xz":
                 f = stack.enter_context(lzma.LZMAFile(raw))
+            elif fmt == "bz2":
+                f = stack.enter_context(bz2.BZ2File(raw))
             elif fmt == "zip":
                 f = _open_zip(stack, raw, member, name)
             elif fmt.startswith("tar"):
                 f = _open_tar(stack, raw, fmt, member, name)
             else:
                 f = raw
+            kind = _sniff(f.peek(512)[:512]) if sniff else None
         except _CORRUPT as e:
             raise _Corrupt(str(e) or type(e).__name__) from e
+        if kind:
+            what = "the file" if fmt == "plain" else f"its {fmt} content"
+            raise InputError(f"{name}: {what} is {kind} data, not text; name the source for what it is (e.g. "
+                             ".tar.gz, .bz2) or set its 'format'")
         yield io.BufferedReader(_Text(f, compressed=fmt != "plain"), CHUNK)
 
 
-def _scan(path: Path, fmt: str, member: str | None, name: str) -> tuple[int, bool]:
+def _scan(path: Path, fmt: str, member: str | None, name: str, sniff: bool) -> tuple[int, bool]:
     """(number of lines, whether any line has text) of the payload."""
     n, text = 0, False
-    with _open_text(path, fmt, member, name) as src:
+    with _open_text(path, fmt, member, name, sniff) as src:
         while block := src.read(CHUNK):
             n += block.count(b"\n")
             text = text or bool(block.strip())
@@ -379,7 +407,8 @@ def fetch(
 
     source: {"path": p} (a local file) or {"url": u, "sha256": h} (downloaded to `{out}.part`, resumed on re-runs,
     checked against h before anything else happens); optional "sha256" for local files too, "member" for .zip and
-    tar archives, and "format" (one of FORMATS) where the name does not tell (default: from the file name's ending).
+    tar archives, and "format" (one of FORMATS) where the name does not tell (default: from the file name's ending;
+    content that is compressed or an archive then is an error, while a "format" given is trusted).
     lines: keep a deterministic sample of this many lines (see the module docstring; original order kept).
     retries, retry_delay: attempts after the first, and the back-off base in seconds (doubled per attempt).
     """
@@ -394,12 +423,13 @@ def fetch(
     else:
         raise InputError(f"source needs 'path' or 'url' (got keys {sorted(source)})")
     fmt = source.get("format") or _payload_format(name.split("?")[0])
+    sniff = "format" not in source  # a format given explicitly is trusted
     if fmt == "tgz":
         fmt = "tar.gz"
     if fmt not in FORMATS:
         raise InputError(f"unknown format {fmt!r} for {name} ({', '.join(FORMATS)})")
     member = source.get("member")
-    if member is not None and fmt not in ("zip", "tar", "tar.gz", "tar.xz"):
+    if member is not None and fmt not in ARCHIVES:
         raise InputError(f"source {name}: 'member' needs an archive (zip or tar), but the format is {fmt}")
     if lines is not None and lines < 1:
         raise InputError(f"source {name}: asked for a sample of {lines} lines; it needs at least 1")
@@ -424,7 +454,7 @@ def fetch(
     try:
         if lines is None:
             n, text = 0, False
-            with _open_text(payload, fmt, member, name) as src, atomic_output(out, "wb") as dst:
+            with _open_text(payload, fmt, member, name, sniff) as src, atomic_output(out, "wb") as dst:
                 while block := src.read(CHUNK):
                     dst.write(block)
                     n += block.count(b"\n")
@@ -432,13 +462,13 @@ def fetch(
                 if not text:
                     raise InputError(empty)
         else:
-            total, text = _scan(payload, fmt, member, name)
+            total, text = _scan(payload, fmt, member, name, sniff)
             if not text:
                 raise InputError(empty)
             if lines > total:
                 raise InputError(f"asked for {lines} lines from {name}, but it has only {total}")
             threshold = sample_threshold(seed, total, lines)
-            with _open_text(payload, fmt, member, name) as src, atomic_output(out, "wb") as dst:
+            with _open_text(payload, fmt, member, name, sniff) as src, atomic_output(out, "wb") as dst:
                 dst.writelines(itertools.compress(src, _keep_flags(seed, total, threshold)))
             n = lines
     except _Corrupt as e:
