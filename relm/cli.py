@@ -2,7 +2,7 @@
 
 Every Snakemake rule calls exactly one of these, so the whole pipeline also runs by hand:
 
-    relm synth | fetch | tokenize | check-parallel | bpe learn | bpe apply | vocab count | vocab extend | binarize
+    relm synth | fetch | tokenize | bpe learn | bpe apply | vocab count | vocab extend | binarize
     relm train mlm | train unmt | translate | score | tables | plots | compute | import-xlm
 """
 from __future__ import annotations

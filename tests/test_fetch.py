@@ -3,6 +3,7 @@ import bz2
 import gzip
 import hashlib
 import io
+import json
 import lzma
 import re
 import tarfile
@@ -14,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from relm.cli import main
 from relm.errors import InputError
 from relm.files import CHUNK, sha256_file
 from relm.text.fetch import fetch, line_keys, sample_indices
@@ -508,3 +510,14 @@ def test_content_that_is_not_text_is_refused(tmp_path, name, data, match):
     assert not (tmp_path / "out.txt").exists()
     fetch({"path": str(tmp_path / name), "format": "plain"}, tmp_path / "out.txt", log=quiet)  # trusted
     assert (tmp_path / "out.txt").exists()
+
+
+def test_fetch_cli(server, tmp_path):
+    server.files["/data.txt"] = TEXT
+    server.fail["/data.txt"] = [503]
+    out = tmp_path / "raw.txt"
+    main(["fetch", "--source", json.dumps({"url": f"{server.url}/data.txt", "sha256": sha(TEXT)}), "--out", str(out),
+          "--lines", "10", "--seed", "4", "--retries", "1", "--retry-delay", "0.001", "--timeout", "5"])
+    assert out.read_text().splitlines() == [TEXT.decode().splitlines()[i] for i in sample_indices(4, 3000, 10)]
+    with pytest.raises(SystemExit, match=r"^relm fetch: error: --source is not JSON"):
+        main(["fetch", "--source", "{path: x}", "--out", str(out)])

@@ -111,6 +111,18 @@ def test_long_lines_skipped_and_counted(tmp_path, limit):
         tokenize_file(inp, out, "en", max_line_chars=limit, log=quiet)
 
 
+def test_tokenize_cli_long_line_flags(tmp_path):
+    inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
+    inp.write_text("short\n" + "x" * 50 + "\nend\n")
+    args = ["tokenize", "--input", str(inp), "--output", str(out), "--lang", "en", "--max-line-chars", "20"]
+    with pytest.raises(SystemExit, match=r"^relm tokenize: error: .*in\.txt:2: line has 50 characters"):
+        main(args)
+    main(args + ["--on-long-line", "skip"])
+    assert out.read_text() == "short\nend\n"
+    main(args[:-2])  # the default limit (10000) lets it through
+    assert out.read_text().splitlines()[1] == "x" * 50
+
+
 def test_all_lines_too_long(tmp_path):
     inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
     inp.write_text("x" * 20 + "\n" + "y" * 30 + "\n")
