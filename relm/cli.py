@@ -43,13 +43,31 @@ def cmd_synth(a):
 def cmd_fetch(a):
     from relm.text.fetch import fetch
 
-    fetch(json.loads(a.source), a.out, lines=a.lines or None, seed=a.seed, log=log)
+    try:
+        source = json.loads(a.source)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--source is not JSON ({e}): {a.source!r}") from None
+    if not isinstance(source, dict):
+        raise ValueError(f"--source must be a JSON object, got {a.source!r}")
+    fetch(source, a.out, lines=a.lines or None, seed=a.seed, retries=a.retries, timeout=a.timeout,
+          retry_delay=a.retry_delay, log=log)
 
 
 def cmd_tokenize(a):
     from relm.text.tokenize import tokenize_file
 
-    tokenize_file(a.input, a.output, a.lang, threads=a.threads)
+    tokenize_file(a.input, a.output, a.lang, threads=a.threads, max_line_chars=a.max_line_chars,
+                  on_long_line=a.on_long_line, log=log)
+
+
+def cmd_check_parallel(a):
+    from relm.files import atomic_write_text
+    from relm.text.tokenize import check_parallel
+
+    n = check_parallel(a.src, a.tgt)
+    if a.output:
+        atomic_write_text(a.output, json.dumps({"src": a.src, "tgt": a.tgt, "lines": n}) + "\n")
+    log(f"check-parallel: {a.src} and {a.tgt} have {n} lines each")
 
 
 def cmd_bpe_learn(a):
@@ -67,7 +85,7 @@ def cmd_bpe_apply(a):
 def cmd_vocab_count(a):
     from relm.text.vocab import count_vocab
 
-    count_vocab(a.inputs, a.output)
+    count_vocab(a.inputs, a.output, log=log)
 
 
 def cmd_vocab_extend(a):
@@ -80,7 +98,7 @@ def cmd_vocab_extend(a):
 def cmd_binarize(a):
     from relm.data.corpus import binarize
 
-    binarize(a.input, a.vocab, a.output, lang=a.lang, log=log)
+    binarize(a.input, a.vocab, a.output, lang=a.lang, max_unk_rate=a.max_unk_rate, log=log)
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -166,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--lines", type=int, default=0, help="deterministic sample of this many lines (0 = all)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--retries", type=int, default=5, help="download attempts after the first (default 5)")
+    s.add_argument("--retry-delay", type=float, default=2.0,
+                   help="back-off base in seconds, doubled per attempt, jittered; Retry-After wins (default 2)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry (default 60)")
     s.set_defaults(func=cmd_fetch)
 
     s = sub.add_parser("tokenize", help="Moses normalization and tokenization (sacremoses)")
@@ -173,7 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True)
     s.add_argument("--lang", required=True)
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--max-line-chars", type=int, default=10000,
+                   help="longest raw line in characters (default 10000; 0 = no limit)")
+    s.add_argument("--on-long-line", choices=("error", "skip"), default="error",
+                   help="error (default; valid/test sets: dropping a line misaligns pairs) or skip (monolingual "
+                        "train corpora: drop the line, count it in the log)")
     s.set_defaults(func=cmd_tokenize)
+
+    s = sub.add_parser("check-parallel", help="check that two sides of a parallel set have the same line count")
+    s.add_argument("--src", required=True)
+    s.add_argument("--tgt", required=True)
+    s.add_argument("--output", help="on success, write {src, tgt, lines} JSON here (a workflow flag file)")
+    s.set_defaults(func=cmd_check_parallel)
 
     bpe = sub.add_parser("bpe", help="subword-nmt BPE").add_subparsers(dest="bpe_command", required=True)
     s = bpe.add_parser("learn", help="learn codes on the concatenation of the inputs")
@@ -205,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--vocab", required=True)
     s.add_argument("--output", required=True, help="the corpus JSON path (siblings .tok.npy, .off.npy)")
     s.add_argument("--lang", required=True)
+    s.add_argument("--max-unk-rate", type=float, default=0.5,
+                   help="fail if more than this fraction of tokens is unknown to the vocabulary: a wrong vocabulary "
+                        "(default 0.5; 1 = never)")
     s.set_defaults(func=cmd_binarize)
 
     train = sub.add_parser("train", help="training").add_subparsers(dest="objective", required=True)

@@ -1,9 +1,12 @@
 """Binarized corpora: round trip, unknown words, dtype rule, memory mapping, damaged files."""
 import json
+import re
 
 import numpy as np
 import pytest
 
+import relm.data.corpus as corpus_module
+from relm.cli import main
 from relm.data.corpus import Corpus, binarize
 from relm.data.dictionary import Dictionary
 from relm.tokens import UNK
@@ -109,3 +112,57 @@ def test_binarize_writes_atomically(tmp_path):
     with pytest.raises(InputError, match=r"t:2: invalid UTF-8"):
         binarize(text, vocab, tmp_path / "c.json", "hx", log=lambda *a: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t", "v"]
+
+
+def test_text_given_as_vocabulary_fails(tmp_path):
+    text = tmp_path / "train.hx"
+    text.write_text("the cat sat on the mat\nthe dog sat there too\n")
+    with pytest.raises(InputError, match=rf"{re.escape(str(text))}:1: 6 fields instead of 'token count'.*not a "
+                                         "vocabulary file"):
+        binarize(text, text, tmp_path / "c.json", "hx", log=lambda *a: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.hx"]
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank"])
+def test_empty_text_fails(corpus, content):
+    tmp_path = corpus[0]
+    (tmp_path / "empty.hx").write_text(content)
+    with pytest.raises(InputError, match=r"empty\.hx has no tokens .*nothing to binarize"):
+        binarize(tmp_path / "empty.hx", tmp_path / "vocab.hx", tmp_path / "e" / "e.json", "hx", log=lambda *a: None)
+    assert not (tmp_path / "e").exists()
+
+
+def test_wrong_vocabulary_by_unknown_rate(corpus, monkeypatch):
+    tmp_path = corpus[0]
+    other = tmp_path / "other.lx"
+    other.write_text("ово е друг јазик\nсосема друг\n" * 5)
+    out = tmp_path / "o" / "other.lx.json"
+    with pytest.raises(InputError, match=r"other\.lx: 30 of 30 tokens \(100%\) are not in the vocabulary .*vocab\.hx "
+                                         r"\(e\.g\. друг, ово, е, јазик, сосема\), more than the limit 50%"):
+        binarize(other, tmp_path / "vocab.hx", out, "lx", log=lambda *a: None, max_unk_rate=0.5)
+    assert not out.parent.exists()
+    meta = binarize(other, tmp_path / "vocab.hx", out, "lx", log=lambda *a: None)  # no limit: as before
+    assert meta["n_unk"] == meta["n_tokens"] == 30
+    # a legit text with a few unknown words passes the limit
+    ok = tmp_path / "ok.hx"
+    ok.write_text("the cat@@ s sat\nthe dog sat\n")
+    assert binarize(ok, tmp_path / "vocab.hx", tmp_path / "ok.json", "hx", log=lambda *a: None,
+                    max_unk_rate=0.5)["n_unk"] == 1
+    # checked early: a text that starts unknown fails before it is read to the end
+    monkeypatch.setattr(corpus_module, "UNK_CHECK_TOKENS", 8)
+    mixed = tmp_path / "mixed.hx"
+    mixed.write_text("друг друг друг друг\nдруг друг друг друг\n" + "the sat\n" * 20)
+    with pytest.raises(InputError, match=r"mixed\.hx: 8 of the first 8 tokens \(100%\)"):
+        binarize(mixed, tmp_path / "vocab.hx", tmp_path / "m.json", "hx", log=lambda *a: None, max_unk_rate=0.5)
+
+
+def test_binarize_cli_limits_unknowns(corpus):
+    tmp_path = corpus[0]
+    (tmp_path / "x.lx").write_text("ово е друг јазик\n")
+    args = ["binarize", "--input", str(tmp_path / "x.lx"), "--vocab", str(tmp_path / "vocab.hx"),
+            "--output", str(tmp_path / "x.json"), "--lang", "lx"]
+    with pytest.raises(SystemExit, match=r"^relm binarize: error: .*x\.lx: 4 of 4 tokens \(100%\) .*limit 50%"):
+        main(args)
+    assert not (tmp_path / "x.json").exists()
+    main(args + ["--max-unk-rate", "1"])
+    assert json.loads((tmp_path / "x.json").read_text())["n_unk"] == 4

@@ -1,4 +1,5 @@
 """Tokenization, line reading and BPE (relm.text.tokenize, relm.text.bpe) on small inputs and the real Mk-En sample."""
+import json
 import re
 from itertools import islice
 from pathlib import Path
@@ -9,8 +10,11 @@ from subword_nmt.learn_bpe import learn_bpe as ref_learn_bpe
 
 from relm.text.bpe import BPE, apply_file, learn_codes
 from relm.errors import InputError
+from relm.cli import main
+from relm.files import CHUNK
 from relm.text.tokenize import (
     check_parallel,
+    count_text_lines,
     detokenize_line,
     iter_lines,
     normalize_tokenize_line,
@@ -62,6 +66,8 @@ def test_remove_bpe(bpe, text):
         (b"a\n\n\nb\n", "a\n\n\nb\n"),  # empty lines kept (alignment)
         (b"a\nb", "a\nb\n"),  # missing final newline added
         (b"a\xe2\x80\xa8b\n", "a b\n"),  # U+2028 is not a line break
+        (b"a b\rc\rd\n", "a b\nc\nd\n"),  # bare CR (old Mac line ends): three lines, not one
+        (b"a\r\r\nb\r", "a\n\nb\n"),  # CR then CRLF: an empty line between
     ],
 )
 def test_tokenize_file_line_handling(tmp_path, content, expected):
@@ -84,8 +90,54 @@ def test_bad_input_names_file_and_line(tmp_path, content, max_len, pattern):
     inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
     inp.write_bytes(content)
     with pytest.raises(InputError, match=pattern):
-        tokenize_file(inp, out, "en", max_line_len=max_len, log=quiet)
+        tokenize_file(inp, out, "en", max_line_chars=max_len, log=quiet)
     assert not out.exists() and list(tmp_path.iterdir()) == [inp]  # no output, no temp file left
+
+
+@pytest.mark.parametrize("limit", [0, 100])
+def test_long_lines_skipped_and_counted(tmp_path, limit):
+    inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
+    long = "word " * 30_000  # 150000 characters: read in pieces, never whole
+    inp.write_text(f"a\n{long}\nb\n{long}\r{long}\nc")
+    logged = []
+    n = tokenize_file(inp, out, "en", max_line_chars=limit, on_long_line="skip", log=logged.append)
+    if limit == 0:  # no limit: nothing dropped
+        assert n == 6 and not any(m.startswith("tokenize: skipped") for m in logged)
+        return
+    assert n == 3 and out.read_text() == "a\nb\nc\n"
+    assert any(m.startswith(f"tokenize: skipped 3 of 6 lines of {inp} longer than 100 characters") and
+               "line 2 (150000 chars), line 4 (150000 chars), line 5 (150000 chars)" in m for m in logged)
+    with pytest.raises(InputError, match=r"in\.txt:2: line has 150000 characters, more than the limit 100"):
+        tokenize_file(inp, out, "en", max_line_chars=limit, log=quiet)
+
+
+def test_tokenize_cli_long_line_flags(tmp_path):
+    inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
+    inp.write_text("short\n" + "x" * 50 + "\nend\n")
+    args = ["tokenize", "--input", str(inp), "--output", str(out), "--lang", "en", "--max-line-chars", "20"]
+    with pytest.raises(SystemExit, match=r"^relm tokenize: error: .*in\.txt:2: line has 50 characters"):
+        main(args)
+    main(args + ["--on-long-line", "skip"])
+    assert out.read_text() == "short\nend\n"
+    main(args[:-2])  # the default limit (10000) lets it through
+    assert out.read_text().splitlines()[1] == "x" * 50
+
+
+def test_all_lines_too_long(tmp_path):
+    inp, out = tmp_path / "in.txt", tmp_path / "out.tok"
+    inp.write_text("x" * 20 + "\n" + "y" * 30 + "\n")
+    with pytest.raises(InputError, match=r"in\.txt: all 2 lines are longer than 10 characters"):
+        tokenize_file(inp, out, "en", max_line_chars=10, on_long_line="skip", log=quiet)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content, n", [
+    (b"", 0), (b"a", 1), (b"a\n", 1), (b"a\r\nb\r\n", 2), (b"a\rb\rc", 3), (b"a\r\r\n", 2), (b"\n\n", 2),
+    (b"x" * (CHUNK - 1) + b"\r\ny", 2),  # a CRLF split between two read blocks counts once
+])
+def test_count_text_lines_agrees_with_iter_lines(tmp_path, content, n):
+    (tmp_path / "f").write_bytes(content)
+    assert count_text_lines(tmp_path / "f") == len(list(iter_lines(tmp_path / "f"))) == n
 
 
 def test_check_parallel(tmp_path):
@@ -96,6 +148,23 @@ def test_check_parallel(tmp_path):
     b.write_text("1\n2\n")
     with pytest.raises(InputError, match=rf"{re.escape(str(a))} has 3 lines, {re.escape(str(b))} has 2"):
         check_parallel(a, b)
+    b.write_bytes(b"1\r2\r3\r")  # old Mac line ends: 3 lines, as the tokenizer reads them
+    assert check_parallel(a, b) == 3
+
+
+def test_check_parallel_cli(tmp_path, capsys):
+    a, b, out = tmp_path / "v.en", tmp_path / "v.mk", tmp_path / "ok" / "v.json"
+    a.write_text("1\n2\n")
+    b.write_text("1\n")
+    with pytest.raises(SystemExit, match=rf"^relm check-parallel: error: parallel files differ in length: "
+                                         rf"{re.escape(str(a))} has 2 lines, {re.escape(str(b))} has 1$"):
+        main(["check-parallel", "--src", str(a), "--tgt", str(b), "--output", str(out)])
+    assert not out.exists()
+    b.write_text("x\ny\n")
+    main(["check-parallel", "--src", str(a), "--tgt", str(b), "--output", str(out)])
+    assert json.loads(out.read_text()) == {"src": str(a), "tgt": str(b), "lines": 2}
+    with pytest.raises(SystemExit, match=r"parallel file .*nope does not exist"):
+        main(["check-parallel", "--src", str(a), "--tgt", str(tmp_path / "nope")])
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def _write_vocab(path: Path, counts: dict) -> None:
 
 
 tokens = st.text(alphabet="abcабвг@.,", min_size=1, max_size=4)
-vocabs = st.dictionaries(tokens, st.integers(1, 50), max_size=30)
+vocabs = st.dictionaries(tokens, st.integers(1, 50), min_size=1, max_size=30)  # count_vocab writes no empty vocab
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -141,3 +141,45 @@ def test_dictionary_prefix():
         small.check_prefix_of(Dictionary.from_tokens(["a", "x", "b"]))
     with pytest.raises(InputError, match="larger"):
         big.check_prefix_of(small)
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", r"no tokens in .*a\.txt .*empty or blank lines only"),
+    (b"\n  \n\n", r"no tokens in .*a\.txt"),
+    (b"ok fine\nbad \xff\xfe token\n", r"a\.txt:2: invalid UTF-8 \(bytes b'\\xff\\xfe t' at byte 4 of the line\)"),
+    (b"\x93NUMPY\x01\x00v\x00{'descr': '<u2'}\n", r"a\.txt:1: invalid UTF-8"),  # a binary file, not text
+])
+def test_count_vocab_rejects_bad_input(tmp_path, content, match):
+    (tmp_path / "a.txt").write_bytes(content)
+    with pytest.raises(InputError, match=match + r".*vocab not written"):
+        count_vocab([tmp_path / "a.txt"], tmp_path / "vocab", log=quiet)
+    assert not (tmp_path / "vocab").exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    ("the cat sat on the mat\na dog sat\nthe end of it\n", r"vocab:1: 6 fields instead of 'token count'; 3 of 3 lines"),
+    ("", r"vocab: no 'token count' lines"),
+    ("the 5\ncat\n" * 3 + "\n".join(f"w{i} x y" for i in range(12)) + "\n",
+     r"vocab:2: 1 fields .*; 15 of 18 lines are not 'token count' lines: not a vocabulary file"),
+    ("a 5\nb five\n", r"vocab:2: count 'five' is not an integer"),
+])
+def test_read_vocab_rejects_non_vocabularies(tmp_path, content, match):
+    (tmp_path / "vocab").write_text(content)
+    with pytest.raises(InputError, match=match):
+        Dictionary.read_vocab(tmp_path / "vocab")
+
+
+def test_read_vocab_rejects_binary(tmp_path):
+    (tmp_path / "vocab").write_bytes(b"a 5\nb 4\n\x93NUMPY\xff 3\n")
+    with pytest.raises(InputError, match=r"vocab:3: invalid UTF-8 .*not a vocabulary file"):
+        Dictionary.read_vocab(tmp_path / "vocab")
+
+
+def test_read_vocab_tolerates_a_few_odd_lines(tmp_path):
+    """XLM skips lines whose token holds a Unicode space; a real vocabulary has a few: still read."""
+    rows = [f"w{i} {1000 - i}" for i in range(500)]
+    rows[10] = "a\u00a0b 990"  # 3 fields for str.split()
+    rows[20] = "x\u3000y 980"
+    (tmp_path / "vocab").write_text("\n".join(rows) + "\n")
+    d = Dictionary.read_vocab(tmp_path / "vocab")
+    assert len(d) == N_SPECIAL + 498 and "w11" in d and "a\u00a0b" not in d

@@ -22,6 +22,9 @@ from relm.files import atomic_output, sha256_file
 from relm.text.tokenize import iter_lines
 
 
+UNK_CHECK_TOKENS = 1_000_000  # binarize checks the share of unknown tokens this early (and at the end)
+
+
 def sibling_paths(json_path: str | Path) -> tuple[Path, Path]:
     json_path = Path(json_path)
     if json_path.suffix != ".json":
@@ -31,21 +34,49 @@ def sibling_paths(json_path: str | Path) -> tuple[Path, Path]:
 
 
 def binarize(
-    text_path: str | Path, vocab_path: str | Path, out_json: str | Path, lang: str, log: Callable = eprint
+    text_path: str | Path,
+    vocab_path: str | Path,
+    out_json: str | Path,
+    lang: str,
+    log: Callable = eprint,
+    max_unk_rate: float | None = None,
 ) -> dict:
-    """Encode a (BPE) text file with the dictionary of `vocab_path`; returns the metadata written to `out_json`."""
+    """Encode a (BPE) text file with the dictionary of `vocab_path`; returns the metadata written to `out_json`.
+
+    InputError, and nothing written, for a text without tokens and, when `max_unk_rate` is set (the CLI sets 0.5),
+    for a text whose share of unknown tokens exceeds it: a corpus binarized with its own vocabulary has none, valid and
+    test sets under a vocabulary learned on the training data a few percent at most, so most tokens unknown means the
+    wrong vocabulary (or the wrong BPE codes, or the wrong language). The check runs after the first
+    UNK_CHECK_TOKENS tokens already (no need to read a whole corpus to find that out) and again at the end.
+    """
     dico = Dictionary.read_vocab(vocab_path)
     tok_path, off_path = sibling_paths(out_json)
     dtype = np.uint16 if len(dico) < 65536 else np.int32
     toks = array("H" if dtype == np.uint16 else "i")
     offs = array("q", [0])
     unk: Counter = Counter()
+
+    def check_unknowns(what: str) -> None:
+        n_unk = sum(unk.values())
+        if max_unk_rate is not None and len(toks) and n_unk > max_unk_rate * len(toks):
+            top = ", ".join(w for w, _ in unk.most_common(5))
+            raise InputError(f"{text_path}: {n_unk} of {what}{len(toks)} tokens ({100 * n_unk / len(toks):.0f}%) are "
+                             f"not in the vocabulary {vocab_path} (e.g. {top}), more than the limit "
+                             f"{100 * max_unk_rate:g}%: wrong vocabulary, BPE codes or language?")
+
+    checked = False
     for line in iter_lines(text_path):
         ids = dico.encode(line)
         toks.extend(ids)
         offs.append(len(toks))
         if UNK in ids:
             unk.update(w for w in line.split() if dico.index(w) == UNK)
+        if not checked and len(toks) >= UNK_CHECK_TOKENS:
+            check_unknowns("the first ")
+            checked = True
+    if not len(toks):
+        raise InputError(f"{text_path} has no tokens ({len(offs) - 1} lines, all empty); nothing to binarize")
+    check_unknowns("")
     tok = np.frombuffer(toks, dtype=dtype)
     off = np.frombuffer(offs, dtype=np.int64)
     for path, arr in ((tok_path, tok), (off_path, off)):

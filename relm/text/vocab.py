@@ -18,12 +18,31 @@ from relm.files import atomic_output, sha256_file
 
 
 def count_vocab(inputs: list[str | Path], out: str | Path, log: Callable = eprint) -> int:
-    """fastBPE getvocab over the concatenated inputs: every token, split on ' ' and '\\n' only; returns #tokens."""
+    """fastBPE getvocab over the concatenated inputs: every token, split on ' ' and '\\n' only; returns #tokens.
+
+    InputError (and no output) for inputs without any token and for a token that is not UTF-8 (named by file and
+    line): the dictionary could not read such a vocabulary.
+    """
     counts: Counter = Counter()
     for path in inputs:
         with open(path, "rb") as f:  # bytes: tokens are counted and ordered exactly as the C++ tool does
             for line in f:
                 counts.update(t for t in line.rstrip(b"\n").split(b" ") if t)
+    if not counts:
+        raise InputError(f"no tokens in {', '.join(map(str, inputs))} (empty or blank lines only); {out} not written")
+    for tok in counts:
+        try:
+            tok.decode("utf-8")
+        except UnicodeDecodeError:
+            from relm.text.tokenize import iter_lines  # only here: it loads the Moses tools
+
+            for path in inputs:
+                try:
+                    for _ in iter_lines(path):
+                        pass
+                except InputError as e:
+                    raise InputError(f"{e}; {out} not written") from None
+            raise InputError(f"token {tok!r} in {', '.join(map(str, inputs))} is not UTF-8; {out} not written") from None
     with atomic_output(out, "wb") as f:
         for tok, n in sorted(counts.items(), key=lambda tc: (-tc[1], tc[0])):
             f.write(tok + b" %d\n" % n)
