@@ -157,6 +157,22 @@ def fetch_source(wildcards, input):
 # --- input functions of rules/text.smk --------------------------------------------------------
 
 
+def tokenize_inputs(wildcards):
+    """Raw text; a valid/test side is tokenized once its line count was checked against the other side's."""
+    text = f"data/{wildcards.group}/raw/{wildcards.split}.{wildcards.lang}"
+    if "-" in wildcards.group and wildcards.split != "train":
+        return {"text": text, "aligned": f"data/{wildcards.group}/raw/{wildcards.split}.parallel.json"}
+    return {"text": text}
+
+
+def long_line_args(wildcards):
+    """Overlong lines are skipped in monolingual train corpora; in a valid/test set, dropping one would misalign
+    the pairs, so there they are an error."""
+    t = config.get("tokenize", {})
+    policy = t.get("on_long_line", "skip") if wildcards.split == "train" else "error"
+    return f"--max-line-chars {t.get('max_line_chars', 10000)} --on-long-line {policy}"
+
+
 def tok_input(wildcards):
     """The HMR train corpus is shared by every pair: data/{pair}/... reads it from data/{hmr}/."""
     group, split, lang = wildcards.group, wildcards.split, wildcards.lang

@@ -35,3 +35,19 @@ rule fetch:
         "logs/fetch/{group}.{split}.{lang}.log",
     shell:
         "relm fetch --source {params.source:q} --out {output:q} --lines {params.lines:q} --seed {params.seed:q} > {log:q} 2>&1"
+
+
+rule check_parallel:
+    input:
+        src=lambda w: f"data/{w.pair}/raw/{w.split}.{lmr_of(w.pair)}",
+        tgt=f"data/{{pair}}/raw/{{split}}.{HMR}",
+    output:
+        "data/{pair}/raw/{split}.parallel.json",
+    wildcard_constraints:
+        split="valid|test",
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/check_parallel/{pair}.{split}.log",
+    shell:
+        "relm check-parallel --src {input.src:q} --tgt {input.tgt:q} --output {output:q} > {log:q} 2>&1"

@@ -4,9 +4,11 @@
 
 rule tokenize:
     input:
-        "data/{group}/raw/{split}.{lang}",
+        unpack(tokenize_inputs),
     output:
         "data/{group}/tok/{split}.{lang}",
+    params:
+        long_lines=long_line_args,
     threads: config.get("threads", 1)
     conda:
         "../envs/relm.yaml"
@@ -15,7 +17,8 @@ rule tokenize:
     benchmark:
         "benchmarks/tokenize/{group}.{split}.{lang}.tsv"
     shell:
-        "relm tokenize --input {input:q} --output {output:q} --lang {wildcards.lang:q} --threads {threads} > {log:q} 2>&1"
+        "relm tokenize --input {input.text:q} --output {output:q} --lang {wildcards.lang:q} --threads {threads} "
+        "{params.long_lines} > {log:q} 2>&1"
 
 
 rule bpe_learn_hmr:
