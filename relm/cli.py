@@ -79,7 +79,7 @@ def cmd_bpe_learn(a):
 def cmd_bpe_apply(a):
     from relm.text.bpe import apply_file
 
-    apply_file(a.codes, a.input, a.output, log=log)
+    apply_file(a.codes, a.input, a.output, vocab=a.vocab, log=log)
 
 
 def cmd_vocab_count(a):
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--codes", required=True)
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
+    s.add_argument("--vocab", help="vocabulary file: undo merges whose piece it lacks (fastBPE applybpe ... vocab)")
     s.set_defaults(func=cmd_bpe_apply)
 
     voc = sub.add_parser("vocab", help="vocabularies").add_subparsers(dest="vocab_command", required=True)

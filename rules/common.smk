@@ -181,10 +181,15 @@ def tok_input(wildcards):
     return f"data/{group}/tok/{split}.{lang}"
 
 
-def codes_of(wildcards):
+def bpe_apply_inputs(wildcards):
+    """Tokenized text and codes; the HMR valid/test sets of pretraining also the HMR vocabulary when
+    bpe.restrict_hmr_eval (the original applies fastBPE with vocab.en there)."""
     if wildcards.codes == "joint" and "-" not in wildcards.group:
         raise ValueError(f"joint BPE codes exist per pair, not for {wildcards.group}")
-    return codes_path(wildcards.codes, wildcards.group)
+    out = {"text": tok_input(wildcards), "codes": codes_path(wildcards.codes, wildcards.group)}
+    if wildcards.group == HMR and wildcards.split != "train" and config["bpe"].get("restrict_hmr_eval", True):
+        out["vocab"] = f"data/{HMR}/vocab.{HMR}"
+    return out
 
 
 def binarize_text(wildcards):

@@ -58,10 +58,11 @@ rule bpe_learn_joint:
 
 rule bpe_apply:
     input:
-        text=tok_input,
-        codes=codes_of,
+        unpack(bpe_apply_inputs),
     output:
         "data/{group}/bpe-{codes}/{split}.{lang}",
+    params:
+        vocab=lambda w, input: f"--vocab {input.vocab}" if "vocab" in input.keys() else "",
     conda:
         "../envs/relm.yaml"
     log:
@@ -69,7 +70,7 @@ rule bpe_apply:
     benchmark:
         "benchmarks/bpe_apply/{group}.{codes}.{split}.{lang}.tsv"
     shell:
-        "relm bpe apply --codes {input.codes:q} --input {input.text:q} --output {output:q} > {log:q} 2>&1"
+        "relm bpe apply --codes {input.codes:q} --input {input.text:q} --output {output:q} {params.vocab} > {log:q} 2>&1"
 
 
 rule vocab_hmr:

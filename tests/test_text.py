@@ -4,6 +4,8 @@ import re
 from itertools import islice
 from pathlib import Path
 
+from collections import Counter
+
 import pytest
 from subword_nmt.apply_bpe import BPE as RefBPE
 from subword_nmt.learn_bpe import learn_bpe as ref_learn_bpe
@@ -234,6 +236,31 @@ def test_bpe_equals_subword_nmt_and_inverts(real, codes, tmp_path, lang, version
     assert bpe_lines == [ref.process_line(line) for line in tok_lines]
     assert sum(line.count("@@ ") for line in bpe_lines) > 1000  # segmentation really happened
     assert [remove_bpe(line) for line in bpe_lines] == tok_lines
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.8, 0.5])
+def test_vocabulary_restricted_bpe_equals_subword_nmt(real, codes, tmp_path, keep):
+    """fastBPE's `applybpe ... vocab` (the original's HMR valid/test): pieces missing from the vocabulary are split
+    back along their merges; equal to subword-nmt's --vocabulary application; with the whole vocabulary a no-op."""
+    import random
+
+    d, files = real
+    train = tmp_path / "train.bpe"
+    apply_file(codes, files["en"][1], train, log=quiet)
+    counts = Counter(train.read_text().split())
+    rng = random.Random(0)
+    kept = {t for t in sorted(counts) if rng.random() < keep}
+    vocab = tmp_path / "vocab"
+    vocab.write_text("".join(f"{t} {counts[t]}\n" for t in sorted(kept)))
+    out = tmp_path / "restricted"
+    apply_file(codes, files["mk"][1], out, vocab=vocab, log=quiet)
+    with open(codes, encoding="utf-8") as f:
+        ref = RefBPE(f, vocab=kept)
+    lines = files["mk"][1].read_text().split("\n")[:-1]
+    assert out.read_text().split("\n")[:-1] == [ref.process_line(line) for line in lines]
+    plain = tmp_path / "plain"
+    apply_file(codes, files["mk"][1], plain, log=quiet)
+    assert (out.read_text() == plain.read_text()) == (keep == 1.0 and set(counts) >= set(plain.read_text().split()))
 
 
 def test_bpe_words(tmp_path):

@@ -59,9 +59,13 @@ def learn_codes(
 
 
 class BPE:
-    """Applies a codes file to tokenized text; results are cached per word."""
+    """Applies a codes file to tokenized text; results are cached per word.
 
-    def __init__(self, codes_path: str | Path):
+    With `vocab` (tokens of a vocabulary file), a piece that is not in it is split back into the two pieces its merge
+    joined, recursively, until every piece is in the vocabulary or is a single character: fastBPE's
+    `applybpe ... vocab` (fastBPE.hpp limitVocab/decompose), which the original uses for the HMR valid/test sets."""
+
+    def __init__(self, codes_path: str | Path, vocab: set[str] | None = None):
         lines = Path(codes_path).read_text(encoding="utf-8").rstrip("\n").split("\n")
         self.version = (0, 1)
         if lines and lines[0].startswith("#version:"):
@@ -77,6 +81,8 @@ class BPE:
                     break
                 raise InputError(f"{codes_path}:{i + 1 + (self.version != (0, 1))}: expected 'left right', got {line!r}")
             self.ranks.setdefault(pair, i)  # a repeated merge keeps its first rank
+        self.vocab = vocab
+        self.unmerge = {left + right: (left, right) for left, right in self.ranks} if vocab is not None else {}
         self.cache: dict[str, tuple[str, ...]] = {}
         self._joined: dict[str, str] = {}  # word -> its pieces joined with "@@ "
 
@@ -106,12 +112,24 @@ class BPE:
                     merged.append(syms[i])
                     i += 1
             syms = merged
+        if self.vocab is not None:
+            last = len(syms) - 1 - (syms[-1] == EOW)  # codes v0.1 may leave the end mark as a piece of its own
+            syms = [p for i, s in enumerate(syms) for p in self._in_vocab(s, i >= last)]
         if syms[-1] == EOW:
             syms.pop()
         elif syms[-1].endswith(EOW):
             syms[-1] = syms[-1][: -len(EOW)]
         self.cache[word] = out = tuple(syms)
         return out
+
+    def _in_vocab(self, piece: str, final: bool) -> list[str]:
+        """`piece` if the vocabulary has it (as 'piece@@' inside a word, without the end mark at its end), else the
+        pieces of its merge, each checked the same way; a piece no merge made stays as it is."""
+        query = piece[: -len(EOW)] if final and piece.endswith(EOW) else piece + SEP
+        if query in self.vocab or piece not in self.unmerge:
+            return [piece]
+        left, right = self.unmerge[piece]
+        return self._in_vocab(left, False) + self._in_vocab(right, final)
 
     def apply_line(self, line: str) -> str:
         """Tokenized line -> BPE line (subword-nmt's apply_bpe output for a line without surrounding spaces)."""
@@ -125,13 +143,18 @@ class BPE:
         return " ".join(out)
 
 
-def apply_file(codes: str | Path, inp: str | Path, out: str | Path, log: Callable = eprint) -> int:
-    """Apply `codes` to every line of `inp` (atomic write); returns the number of lines."""
-    bpe = BPE(codes)
+def apply_file(codes: str | Path, inp: str | Path, out: str | Path, vocab: str | Path | None = None,
+               log: Callable = eprint) -> int:
+    """Apply `codes` to every line of `inp` (atomic write), restricted to the tokens of the `vocab` file if given;
+    returns the number of lines."""
+    from relm.text.vocab import read_vocab_lines
+
+    bpe = BPE(codes, {tok for tok, _, _ in read_vocab_lines(vocab)} if vocab else None)
     n = 0
     with atomic_output(out) as f:
         for line in iter_lines(inp):
             f.write(bpe.apply_line(line) + "\n")
             n += 1
-    log(f"bpe: applied {codes} to {inp} -> {out} ({n} lines, {len(bpe.cache)} word types)")
+    log(f"bpe: applied {codes}{f' restricted to {vocab}' if vocab else ''} to {inp} -> {out} ({n} lines, "
+        f"{len(bpe.cache)} word types)")
     return n
