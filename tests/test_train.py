@@ -31,6 +31,7 @@ from relm.train.devices import dist_from_env
 from relm.train.loop import Trainer
 from relm.train.mlm import MLMNet, train_mlm
 from relm.files import sha256_file
+from relm.train.fingerprint import DigestCache
 from relm.train.resume import EXIT_REQUEUE, EXIT_SIGINT, RunDirBusyError, budget_verdict
 from relm.train.unmt import train_unmt
 
@@ -410,6 +411,23 @@ def test_budget_raised_continues_lowered_below_the_steps_taken_starts_fresh(data
     res, logs = out_run(data, tmp_path, **merge(over, {"run": {"max_steps": 4}}))  # fewer steps than taken
     assert fresh_start(logs) and any("took 12 steps, more than run.max_steps = 4" in m for m in logs), logs
     assert res["step"] == 4 and metrics_of(tmp_path / "run.jsonl") == h4  # the same run as the first one
+
+
+def test_digest_cache_hashes_a_file_again_only_when_it_changed(tmp_path):
+    f, cache_file = tmp_path / "corpus.bin", tmp_path / "digests.json"
+    f.write_bytes(b"a" * 1000)
+    c = DigestCache(cache_file)
+    assert c.sha256(f) == (sha256_file(f), 1000) and c.hashed_bytes == 1000
+    c.save()
+    c = DigestCache(cache_file)
+    assert c.sha256(f)[0] == sha256_file(f) and c.hashed_bytes == 0 and c.cached_bytes == 1000
+    old = sha256_file(f)
+    st = f.stat()
+    tmp = tmp_path / "new"
+    tmp.write_bytes(b"b" * 1000)  # same size, same mtime, replaced atomically (a new inode), as relm writes files
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, f)
+    assert c.sha256(f)[0] == sha256_file(f) != old and c.hashed_bytes == 1000
 
 
 @pytest.mark.parametrize("t, run, verdict", [
