@@ -577,6 +577,27 @@ def test_ddp_two_processes_equal_one(data, tmp_path):
         assert torch.equal(r0["state"][k], r1["state"][k]), k  # replicas stay identical
 
 
+def test_ddp_ranks_follow_the_masters_decision(data, tmp_path):
+    """Only rank 0 takes the run-directory lock and decides; a refusal reaches every rank as the same one-line error
+    (no rank waits for the others forever)."""
+    from relm.train.resume import RunLock
+
+    (tmp_path / "run").mkdir()
+    held = RunLock(tmp_path / "run", QUIET)  # another trainer
+    args = json.dumps({"cfg": MLM, "vocab": data["vocab"], "run_dir": str(tmp_path / "run"), "out": str(tmp_path)})
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", DDP_WORKER, args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=clean_env(RANK=r, WORLD_SIZE=2, LOCAL_RANK=r, MASTER_ADDR="127.0.0.1",
+                                            MASTER_PORT=port))
+             for r in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    held.release()
+    for p, out in zip(procs, outs):
+        assert p.returncode != 0 and f"RunDirBusyError: run directory {tmp_path / 'run'} is in use by PID " \
+            f"{os.getpid()}" in out, out
+
+
 def test_ddp_slurm_tasks_end_to_end(data, tmp_path):
     port = free_port()
     if not 10001 <= port <= 20000:
