@@ -1,5 +1,6 @@
-"""Training: batches, MLM and UNMT runs on tiny synthetic corpora, resume after SIGKILL / SIGUSR1 / SIGTERM, stale runs,
-corrupt checkpoints, DDP with 2 CPU processes (gloo), RE-LM vocabulary extension, adapters, non-finite losses."""
+"""Training: batches, MLM and UNMT runs on tiny synthetic corpora, resume after SIGKILL / SIGUSR1 / SIGTERM / SIGHUP /
+SIGINT, the run-directory lock, stale runs (changed config, changed input content, forced reruns, budgets), corrupt
+checkpoints, DDP with 2 CPU processes (gloo), RE-LM vocabulary extension, adapters, non-finite losses and metrics."""
 from __future__ import annotations
 
 import json
@@ -29,7 +30,9 @@ from relm.errors import NonFiniteLossError
 from relm.train.devices import dist_from_env
 from relm.train.loop import Trainer
 from relm.train.mlm import MLMNet, train_mlm
-from relm.train.resume import EXIT_REQUEUE
+from relm.files import sha256_file
+from relm.train.fingerprint import DigestCache
+from relm.train.resume import EXIT_REQUEUE, EXIT_SIGINT, RunDirBusyError, budget_verdict
 from relm.train.unmt import train_unmt
 
 QUIET = lambda *a, **k: None  # noqa: E731
@@ -229,14 +232,23 @@ def test_sigkill_then_resume_is_deterministic(data, tmp_path, reference_run):
     assert metrics_of(tmp_path / "run.jsonl") == reference_run
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM], ids=["SIGUSR1", "SIGTERM"])
-def test_signal_checkpoints_and_exits_75(data, tmp_path, reference_run, sig):
+@pytest.mark.parametrize("sig, status", [(signal.SIGUSR1, EXIT_REQUEUE), (signal.SIGTERM, EXIT_REQUEUE),
+                                         (signal.SIGHUP, EXIT_REQUEUE), (signal.SIGINT, EXIT_SIGINT)],
+                         ids=["SIGUSR1", "SIGTERM", "SIGHUP", "SIGINT"])
+def test_signal_checkpoints_and_exits(data, tmp_path, reference_run, sig, status):
     p = launch(data, tmp_path, "run")
     wait_for_checkpoint(tmp_path / "run", p)
+    if sig == signal.SIGTERM:  # a second trainer on the same run directory is refused while the first one runs
+        p.send_signal(signal.SIGSTOP)  # (paused: it would finish before the second one has started)
+        second = launch(data, tmp_path, "run")
+        out2, _ = second.communicate(timeout=120)
+        p.send_signal(signal.SIGCONT)
+        assert second.returncode != 0 and f"is in use by PID {p.pid}" in out2, out2
+        assert str(tmp_path / "run") in out2
     p.send_signal(sig)
     out, _ = p.communicate(timeout=120)
-    assert p.returncode == EXIT_REQUEUE, out
-    assert f"signal {sig.name}" in out
+    assert p.returncode == status, out
+    assert f"signal {sig.name}" in out and f"exiting with status {status}" in out and "Traceback" not in out
     ck = safe_load(tmp_path / "run" / "checkpoint.pt")
     assert not ck["trainer"]["done"] and ck["trainer"]["step"] > 0
     p = launch(data, tmp_path, "run")
@@ -277,16 +289,198 @@ def test_rerun_resumes_finished_run_and_changed_config_goes_stale(data, tmp_path
     assert (run / "checkpoint.pt.stale-2").is_file() and (run / "checkpoint.pt.stale-1").is_file()
 
 
-def test_corrupt_checkpoint_is_a_clear_error(data, tmp_path):
-    run = tmp_path / "run"
-    small_run(data, run, run={"epoch_size": 64, "checkpoint_every": 2})
-    assert (run / "checkpoint.prev.pt").is_file()
-    prev = (run / "checkpoint.prev.pt").read_bytes()
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
+    run, over = tmp_path / "run", {"run": {"epoch_size": 64, "checkpoint_every": 2}}
+    first, _ = small_run(data, run, **over)
+    prev = run / "checkpoint.prev.pt"
+    prev_step = safe_load(prev)["trainer"]["step"]
     ck = run / "checkpoint.pt"
     ck.write_bytes(ck.read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match=re.escape(str(ck))):
-        small_run(data, run, run={"epoch_size": 64, "checkpoint_every": 2})
-    assert (run / "checkpoint.prev.pt").read_bytes() == prev
+    res, logs = small_run(data, run, **over)
+    assert any("WARNING" in m and str(ck) in m and "falling back" in m for m in logs), logs
+    assert any(f"resuming from {ck}: step {prev_step}" in m for m in logs), logs
+    assert (run / "checkpoint.pt.corrupt").stat().st_size == 1000 and safe_load(ck)["trainer"]["done"]
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    assert strip(res["history"]) == strip(first["history"])  # resumed from the previous state, same result
+    # both unusable: one error naming both files, and nothing is touched
+    ck.write_bytes(b"garbage")
+    prev.write_bytes(prev.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=re.escape(str(ck)) + ".*" + re.escape(str(prev))) as e:
+        small_run(data, run, **over)
+    assert "\n" not in str(e.value) and ck.read_bytes() == b"garbage"
+
+
+# --- what a run consumes: content, not paths; forced reruns; budgets --------------------------------------------------
+
+def make_data(d: Path, seed=0, extra_words=0) -> dict:
+    """Corpora and vocabulary like the `data` fixture, in a directory of the test's own (to be changed in place)."""
+    d.mkdir(parents=True, exist_ok=True)
+    for i, lg in enumerate(("hx", "lx")):
+        write_lang(d, lg, seed=seed, offset=i)
+    texts = [d / "train.hx", d / "train.lx"]
+    if extra_words:  # words that only enlarge the vocabulary
+        (d / "extra.txt").write_text(" ".join(f"zz{k}" for k in range(extra_words)) + "\n")
+        texts.append(d / "extra.txt")
+    count_vocab(texts, d / "vocab")
+    return {"dir": d, "vocab": str(d / "vocab"), **binarize_all(d, ("hx", "lx"), d / "vocab")}
+
+
+def out_run(data, tmp_path, name="run", init=None, **over):
+    """A one-epoch MLM run that writes --out and --metrics, as a workflow job does; (result, log lines)."""
+    cfg = mlm_cfg(**merge({"run": {"max_epochs": 1, "epoch_size": 32}}, over))
+    logs = []
+    res = train_mlm(cfg, str(tmp_path / name), data["vocab"], data["train"], data["valid"], init=init,
+                    out=str(tmp_path / f"{name}.pt"), metrics_out=str(tmp_path / f"{name}.jsonl"), log=logs.append)
+    return res, logs
+
+
+def weights(path) -> dict:
+    return safe_load(path)["model"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+def fresh_start(logs) -> bool:
+    return any("starting fresh" in m for m in logs) and not any("resuming from" in m for m in logs)
+
+
+def test_new_corpus_content_at_the_same_path_retrains(tmp_path):
+    d = make_data(tmp_path / "data")
+    _, logs = out_run(d, tmp_path)
+    assert not any("resuming" in m for m in logs)
+    old = weights(tmp_path / "run.pt")
+    rec = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert rec["train"]["hx"]["path"] == d["train"]["hx"] and rec["vocab"]["sha256"] == sha256_file(d["vocab"])
+    write_lang(d["dir"], "hx", seed=7)  # other sentences of the same words, binarized with the same vocabulary
+    binarize(d["dir"] / "train.hx", d["vocab"], d["train"]["hx"], "hx", log=QUIET)
+    res, logs = out_run(d, tmp_path)
+    assert fresh_start(logs) and any("inputs changed: train.hx" in m and d["train"]["hx"] in m for m in logs), logs
+    assert not any("already finished" in m for m in logs)
+    assert (tmp_path / "run" / "checkpoint.pt.stale-1").is_file() and res["step"] == 4
+    assert not same_weights(old, weights(tmp_path / "run.pt"))
+    assert json.loads((tmp_path / "run" / "inputs.json").read_text())["train"]["hx"]["sha256"] != \
+        rec["train"]["hx"]["sha256"]
+
+
+def test_new_vocabulary_content_at_the_same_path_retrains(tmp_path):
+    d = make_data(tmp_path / "data")
+    out_run(d, tmp_path)
+    n_old = len(safe_load(tmp_path / "run.pt")["words"])
+    make_data(tmp_path / "data", extra_words=5)  # same paths: a larger vocabulary, corpora binarized with it
+    res, logs = out_run(d, tmp_path)  # before: resumed, then a 'size mismatch' traceback
+    assert fresh_start(logs) and any("inputs changed:" in m and "vocab" in m for m in logs), logs
+    m = load_model(tmp_path / "run.pt")
+    assert len(m.words) == n_old + 5 == len(Dictionary.read_vocab(d["vocab"]))
+
+
+def test_changed_init_checkpoint_retrains(data, tmp_path):
+    cfg = mlm_cfg()
+    dico = Dictionary.read_vocab(data["vocab"])
+    init = tmp_path / "init.pt"
+
+    def write_init(seed):
+        torch.manual_seed(seed)
+        model = TransformerModel(cfg.model, len(dico), 2, False)
+        save_model(init, "mlm", {"model": model}, cfg.model, ["hx", "lx"], dico.words, dico.counts, {})
+
+    write_init(0)
+    out_run(data, tmp_path, init=str(init))
+    old = weights(tmp_path / "run.pt")
+    _, logs = out_run(data, tmp_path, init=str(init))  # unchanged: nothing to train
+    assert any("already finished" in m for m in logs) and same_weights(old, weights(tmp_path / "run.pt"))
+    write_init(1)  # a retrained upstream model at the same path
+    _, logs = out_run(data, tmp_path, init=str(init))
+    assert fresh_start(logs) and any(f"inputs changed: init ({init})" in m for m in logs), logs
+    assert any(f"initialized from {init}" in m for m in logs)
+    assert not same_weights(old, weights(tmp_path / "run.pt"))
+
+
+def test_budget_raised_continues_lowered_below_the_steps_taken_starts_fresh(data, tmp_path):
+    over = {"run": {"epoch_size": 80, "max_epochs": 3}}  # 10 steps per epoch
+    res4, _ = out_run(data, tmp_path, **merge(over, {"run": {"max_steps": 4}}))
+    h4 = metrics_of(tmp_path / "run.jsonl")
+    assert res4["step"] == 4 and len(h4) == 1
+    assert safe_load(tmp_path / "run" / "checkpoint.pt")["trainer"]["stopped"] == ["max_steps"]
+    res, logs = out_run(data, tmp_path, **merge(over, {"run": {"max_steps": 12}}))  # a finished run, more budget
+    assert any("resuming from" in m and "stopped at max_steps" in m for m in logs), logs
+    assert not any("stale" in m for m in logs)
+    h12 = metrics_of(tmp_path / "run.jsonl")
+    assert res["step"] == h12[-1]["step"] == 12 and h12[: len(h4)] == h4 and len(h12) > len(h4)
+    res, logs = out_run(data, tmp_path, **merge(over, {"run": {"max_steps": 4}}))  # fewer steps than taken
+    assert fresh_start(logs) and any("took 12 steps, more than run.max_steps = 4" in m for m in logs), logs
+    assert res["step"] == 4 and metrics_of(tmp_path / "run.jsonl") == h4  # the same run as the first one
+
+
+def test_digest_cache_hashes_a_file_again_only_when_it_changed(tmp_path):
+    f, cache_file = tmp_path / "corpus.bin", tmp_path / "digests.json"
+    f.write_bytes(b"a" * 1000)
+    c = DigestCache(cache_file)
+    assert c.sha256(f) == (sha256_file(f), 1000) and c.hashed_bytes == 1000
+    c.save()
+    c = DigestCache(cache_file)
+    assert c.sha256(f)[0] == sha256_file(f) and c.hashed_bytes == 0 and c.cached_bytes == 1000
+    old = sha256_file(f)
+    st = f.stat()
+    tmp = tmp_path / "new"
+    tmp.write_bytes(b"b" * 1000)  # same size, same mtime, replaced atomically (a new inode), as relm writes files
+    os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(tmp, f)
+    assert c.sha256(f)[0] == sha256_file(f) != old and c.hashed_bytes == 1000
+
+
+@pytest.mark.parametrize("t, run, verdict", [
+    ({"step": 4, "epoch": 1, "done": True, "stopped": ["max_steps"]}, {"max_steps": 8, "max_epochs": 3}, "continue"),
+    ({"step": 4, "epoch": 1, "done": True, "stopped": ["max_steps"]}, {"max_steps": 0, "max_epochs": 3}, "continue"),
+    ({"step": 4, "epoch": 1, "done": True, "stopped": ["max_steps"]}, {"max_steps": 8, "max_epochs": 1}, "ok"),
+    ({"step": 9, "epoch": 3, "done": True, "stopped": ["max_epochs"]}, {"max_steps": 0, "max_epochs": 5}, "continue"),
+    ({"step": 9, "epoch": 3, "done": True, "stopped": ["criterion"]}, {"max_steps": 0, "max_epochs": 5}, "ok"),
+    ({"step": 9, "epoch": 3, "done": True, "stopped": ["criterion", "max_epochs"]}, {"max_steps": 0, "max_epochs": 5},
+     "ok"),
+    ({"step": 9, "epoch": 3, "done": True}, {"max_steps": 0, "max_epochs": 5}, "ok"),  # why it stopped: unknown
+    ({"step": 9, "epoch": 2, "done": False}, {"max_steps": 20, "max_epochs": 5}, "ok"),
+    ({"step": 9, "epoch": 2, "done": False}, {"max_steps": 8, "max_epochs": 5}, "stale"),
+    ({"step": 9, "epoch": 3, "done": True, "stopped": ["max_epochs"]}, {"max_steps": 0, "max_epochs": 2}, "stale"),
+    ({"step": 9, "epoch": 2, "done": False}, {"max_steps": 0, "max_epochs": 2}, "stale"),
+])
+def test_budget_verdict(t, run, verdict):
+    assert budget_verdict(t, mlm_cfg(run=run).run)[0] == verdict
+
+
+def test_deleted_out_model_of_a_finished_run_retrains(data, tmp_path):
+    out_run(data, tmp_path)
+    delivered = json.loads((tmp_path / "run" / "delivered.json").read_text())
+    assert delivered["sha256"] == sha256_file(tmp_path / "run.pt") and delivered["step"] == 4
+    _, logs = out_run(data, tmp_path)  # delivered and still there: the outputs again, no training
+    assert any("already finished" in m for m in logs) and not any("stale" in m for m in logs)
+    (tmp_path / "run.pt").unlink()  # what Snakemake does before it reruns a job (--forcerun, or a deleted model)
+    res, logs = out_run(data, tmp_path)
+    assert fresh_start(logs) and any("is missing: a forced rerun" in m for m in logs), logs
+    assert not any("already finished" in m for m in logs)
+    assert (tmp_path / "run" / "checkpoint.pt.stale-1").is_file() and res["step"] == 4
+    assert (tmp_path / "run.pt").is_file()
+
+
+def test_finished_but_not_delivered_writes_the_outputs_without_training(data, tmp_path):
+    out_run(data, tmp_path)
+    old = weights(tmp_path / "run.pt")
+    hist = metrics_of(tmp_path / "run.jsonl")
+    for f in (tmp_path / "run.pt", tmp_path / "run.jsonl", tmp_path / "run" / "delivered.json"):
+        f.unlink()  # killed after the last checkpoint, before finish() wrote the outputs
+    res, logs = out_run(data, tmp_path)
+    assert any("already finished" in m for m in logs) and not any("stale" in m or "end of epoch" in m for m in logs)
+    assert same_weights(old, weights(tmp_path / "run.pt")) and metrics_of(tmp_path / "run.jsonl") == hist
+    assert json.loads((tmp_path / "run" / "delivered.json").read_text())["sha256"] == sha256_file(tmp_path / "run.pt")
+
+
+def test_a_second_trainer_on_the_run_directory_is_refused(data, tmp_path):
+    cfg, dico = mlm_cfg(), Dictionary.read_vocab(data["vocab"])
+    first = Trainer(cfg, "mlm", tmp_path / "run", {}, ["hx", "lx"], dico.words, dico.counts, log=QUIET)
+    with pytest.raises(RunDirBusyError, match=re.escape(f"{tmp_path / 'run'} is in use by PID {os.getpid()}")):
+        Trainer(cfg, "mlm", tmp_path / "run", {}, ["hx", "lx"], dico.words, dico.counts, log=QUIET)
+    first.close()
+    Trainer(cfg, "mlm", tmp_path / "run", {}, ["hx", "lx"], dico.words, dico.counts, log=QUIET).close()
 
 
 @pytest.mark.parametrize("over, match", [
@@ -381,6 +575,27 @@ def test_ddp_two_processes_equal_one(data, tmp_path):
         if "k_lin.bias" not in k:  # its gradient is 0 in theory (softmax is shift-invariant): Adam amplifies round-off
             assert torch.allclose(v, r0["state"][k], atol=1e-5), k
         assert torch.equal(r0["state"][k], r1["state"][k]), k  # replicas stay identical
+
+
+def test_ddp_ranks_follow_the_masters_decision(data, tmp_path):
+    """Only rank 0 takes the run-directory lock and decides; a refusal reaches every rank as the same one-line error
+    (no rank waits for the others forever)."""
+    from relm.train.resume import RunLock
+
+    (tmp_path / "run").mkdir()
+    held = RunLock(tmp_path / "run", QUIET)  # another trainer
+    args = json.dumps({"cfg": MLM, "vocab": data["vocab"], "run_dir": str(tmp_path / "run"), "out": str(tmp_path)})
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", DDP_WORKER, args], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env=clean_env(RANK=r, WORLD_SIZE=2, LOCAL_RANK=r, MASTER_ADDR="127.0.0.1",
+                                            MASTER_PORT=port))
+             for r in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    held.release()
+    for p, out in zip(procs, outs):
+        assert p.returncode != 0 and f"RunDirBusyError: run directory {tmp_path / 'run'} is in use by PID " \
+            f"{os.getpid()}" in out, out
 
 
 def test_ddp_slurm_tasks_end_to_end(data, tmp_path):
@@ -553,6 +768,33 @@ def test_nan_steps_are_skipped_then_fatal(data, tmp_path):
     assert tr.optimize(loss()) and tr.step == 1 and tr.nan_run == 0 and tr.nan_total == 2
     tr.optimize(loss(float("nan")))
     tr.optimize(loss(float("nan")))
-    with pytest.raises(NonFiniteLossError, match="3 consecutive"):
+    with pytest.raises(NonFiniteLossError, match="3 consecutive.*no checkpoint was written yet"):
         tr.optimize(loss(float("nan")))
+    assert tr.optimize(loss()) and tr.step == 2
+    tr.save_checkpoint()  # the error names the checkpoint only once there is one
+    for _ in range(2):
+        tr.optimize(loss(float("nan")))
+    with pytest.raises(NonFiniteLossError, match=re.escape(f"last good checkpoint is {tr.ckpt_path} (step 2)")):
+        tr.optimize(loss(float("nan")))
+    assert tr.ckpt_path.is_file()
     tr.signals.restore()
+
+
+def test_non_finite_metric_is_never_best(data, tmp_path):
+    cfg = mlm_cfg(run={"validation_metrics": "_valid_x", "stopping_criterion": "_valid_x,1", "max_epochs": 10})
+    dico = Dictionary.read_vocab(data["vocab"])
+    tr = Trainer(cfg, "mlm", tmp_path / "run", {}, ["hx", "lx"], dico.words, dico.counts, log=QUIET)
+    model = TransformerModel(cfg.model, len(dico), 2, False)
+    tr.attach({"model": model}, MLMNet(model), {})
+    best = tmp_path / "run" / "best-valid_x.pt"
+    tr.end_epoch(lambda: {"valid_x": float("nan")})
+    assert tr.best == {} and tr.best_stop is None and tr.bad_epochs == 1 and not best.exists() and not tr.done
+    tr.end_epoch(lambda: {"valid_x": 5.0})
+    assert tr.best == {"valid_x": 5.0} and tr.bad_epochs == 0 and not tr.done
+    assert safe_load(best)["metrics"]["epoch"] == 1
+    tr.end_epoch(lambda: {"valid_x": float("inf")})
+    assert tr.best == {"valid_x": 5.0} and tr.bad_epochs == 1 and not tr.done
+    tr.end_epoch(lambda: {"valid_x": float("nan")})
+    assert tr.done and tr.stopped == ["criterion"] and safe_load(best)["metrics"]["epoch"] == 1
+    tr.signals.restore()
+    tr.close()

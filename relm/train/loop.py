@@ -8,6 +8,7 @@ directory, resume checkpoints and signals are handled by relm.train.resume.
 from __future__ import annotations
 
 import json
+import math
 import random
 import signal
 import time
@@ -26,19 +27,22 @@ from relm.model.checkpoint import safe_load, save_model
 from relm.train import devices
 from relm.train.devices import AMP_NAMES
 from relm.train.metrics import metric_spec, parse_stopping
-from relm.train.resume import (CHECKPOINT, EXIT_REQUEUE, Interrupted, Signals, gather_rank_states, keep_previous,
-                               plain, prepare_run_dir, restore_rank_state)
+from relm.train.resume import (CHECKPOINT, EXIT_REQUEUE, Interrupted, Signals, exit_status, gather_rank_states,
+                               keep_previous, plain, prepare_run_dir, restore_rank_state, write_delivered)
 from relm.train.schedule import lr_at
 
 
 class Trainer:
     """One training run. Usage: Trainer(...) -> attach(models, net, iterators) -> run(iteration, evaluate)
-    -> finish(out, metrics_out). `iteration()` does one XLM iteration (calls `optimize` once per step),
-    `evaluate()` returns {metric: value} (called on the master only)."""
+    -> finish(out, metrics_out) -> close(). `iteration()` does one XLM iteration (calls `optimize` once per step),
+    `evaluate()` returns {metric: value} (called on the master only). `inputs` are the paths the run consumes
+    ({"vocab", "train": {lang: corpus}, ..., "init", "extension"}): their content is part of the run's identity
+    (relm.train.resume); `out` is where finish() will write the model (a finished run whose delivered model is
+    missing there is trained again)."""
 
     def __init__(self, cfg, kind: str, run_dir: str | Path, inputs: dict, langs: list[str], words: list[str],
-                 counts: list[int], metric_names: list[str] | None = None, log=print):
-        self.cfg, self.kind, self.inputs = cfg, kind, json.loads(json.dumps(inputs, default=str))
+                 counts: list[int], metric_names: list[str] | None = None, log=print, out: str | None = None):
+        self.cfg, self.kind = cfg, kind
         self.langs, self.words, self.counts = list(langs), list(words), list(counts)
         self.run_dir = Path(run_dir)
         self._log = log
@@ -63,6 +67,7 @@ class Trainer:
         self.best_stop: float | None = None
         self.bad_epochs = 0
         self.history: list[dict] = []
+        self.stopped: list[str] = []  # why the run finished: criterion, max_epochs, max_steps
         self.nan_run = self.nan_total = 0
         self.elapsed = 0.0
         self.done = False
@@ -72,7 +77,15 @@ class Trainer:
         self._stats: dict[str, list[float]] = {}
         self._words = 0
         self._t_log = self._t0 = time.time()
-        self.resume = prepare_run_dir(self.run_dir, cfg, kind, self.inputs, self.dist, self.log)
+        start = prepare_run_dir(self.run_dir, cfg, kind, json.loads(json.dumps(inputs, default=str)), self.dist,
+                                self.log, words=self.words, out=out)
+        self.resume, self.inputs, self._lock = start.resume, start.inputs, start.lock
+
+    def close(self) -> None:
+        """Release the run directory (its lock); the process ending does it too."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # --- logging
     def log(self, msg: str) -> None:
@@ -165,9 +178,11 @@ class Trainer:
         self.log(f"WARNING step {self.step + 1}: non-finite {what}, update skipped "
                  f"({self.nan_run} in a row, {self.nan_total} in total)")
         if self.nan_run >= self.cfg.run.max_nan_steps:
+            last = (f"the last good checkpoint is {self.ckpt_path} (step {self.last_ckpt_step})"
+                    if self.ckpt_path.is_file() else f"no checkpoint was written yet in {self.run_dir}")
             raise NonFiniteLossError(f"{self.nan_run} consecutive non-finite losses/gradients at step {self.step} "
-                                     f"(run.max_nan_steps = {self.cfg.run.max_nan_steps}); the last good checkpoint is "
-                                     f"{self.ckpt_path}. Lower the learning rate or use another amp setting.")
+                                     f"(run.max_nan_steps = {self.cfg.run.max_nan_steps}); {last}. Lower the learning "
+                                     f"rate or use another amp setting.")
         return False
 
     # --- state
@@ -177,6 +192,7 @@ class Trainer:
             setattr(self, k, int(t[k]))
         self.best, self.best_stop, self.elapsed = dict(t["best"]), t["best_stop"], float(t["elapsed"])
         self.history, self.done = list(t["history"]), bool(t["done"])
+        self.stopped = list(t.get("stopped") or [])
         restore_rank_state(ck["ranks"], self.dist, self.device, self.rng, self.iterators, self.log)
 
     def save_checkpoint(self) -> None:
@@ -186,7 +202,7 @@ class Trainer:
             trainer = {"step": self.step, "epoch": self.epoch, "n_iter": self.n_iter, "n_sentences": self.n_sentences,
                        "best": self.best, "best_stop": self.best_stop, "bad_epochs": self.bad_epochs,
                        "history": self.history, "nan_total": self.nan_total, "elapsed": self.time(),
-                       "done": self.done, "last_ckpt_step": self.step}
+                       "done": self.done, "stopped": self.stopped, "last_ckpt_step": self.step}
             keep_previous(self.ckpt_path)
             save_model(self.ckpt_path, self.kind, self.models, self.cfg.model, self.langs, self.words, self.counts,
                        self.config, optimizer=self.opt.state_dict(),
@@ -214,8 +230,10 @@ class Trainer:
         sig = self.signals.received(self.dist)
         if sig:
             self.save_checkpoint()
+            code = exit_status(sig)
             self.log(f"signal {signal.Signals(sig).name}: checkpoint written at step {self.step} "
-                     f"({self.ckpt_path}); exiting with status {EXIT_REQUEUE} to be restarted")
+                     f"({self.ckpt_path}); exiting with status {code} "
+                     + ("to be restarted" if code == EXIT_REQUEUE else "(stopped by the user; run again to resume)"))
             raise Interrupted(sig)
         if self.cfg.run.checkpoint_every > 0 and self.step - self.last_ckpt_step >= self.cfg.run.checkpoint_every:
             self.save_checkpoint()
@@ -253,33 +271,36 @@ class Trainer:
         for name, smaller in self.validation:
             v = metrics[name]
             b = self.best.get(name)
-            if b is None or (v < b if smaller else v > b):
+            if not math.isfinite(v):  # a NaN/inf model is never the best one
+                self.log(f"WARNING: {name} is {v}: not a candidate for the best model")
+            elif b is None or (v < b if smaller else v > b):
                 self.best[name] = v
                 if self.dist.is_master:
                     self.save_weights(self.run_dir / f"best-{name}.pt", step=self.step, epoch=self.epoch,
                                       metrics=record)
                 self.log(f"new best {name}: {v:.4g}")
-        stop = False
-        if self.stopping:
+        stopped = []
+        if self.stopping:  # XLM src/trainer.py end_epoch; a NaN/inf value counts as no improvement
             name, smaller, patience = self.stopping
             v = metrics[name]
-            if self.best_stop is None or (v < self.best_stop if smaller else v > self.best_stop):
+            if math.isfinite(v) and (self.best_stop is None or (v < self.best_stop if smaller else v > self.best_stop)):
                 self.best_stop, self.bad_epochs = v, 0
             else:
                 self.bad_epochs += 1
-                self.log(f"no improvement of {name} for {self.bad_epochs} epoch(s) (best {self.best_stop:.4g})")
+                best = "none yet" if self.best_stop is None else f"{self.best_stop:.4g}"
+                self.log(f"no improvement of {name} for {self.bad_epochs} epoch(s) (best {best})")
                 if self.bad_epochs > patience:
                     self.log(f"stopping criterion {name},{patience} reached")
-                    stop = True
+                    stopped.append("criterion")
         self.epoch += 1
         self.n_sentences = 0
         if self.epoch >= self.cfg.run.max_epochs:
             self.log(f"max_epochs {self.cfg.run.max_epochs} reached")
-            stop = True
+            stopped.append("max_epochs")
         if self.max_steps_reached():
             self.log(f"max_steps {self.cfg.run.max_steps} reached")
-            stop = True
-        self.done = stop
+            stopped.append("max_steps")
+        self.stopped, self.done = stopped, bool(stopped)
         self.save_checkpoint()
 
     def finish(self, out: str | None, metrics_out: str | None) -> dict:
@@ -299,7 +320,9 @@ class Trainer:
                     self.save_weights(Path(out), step=self.step, epoch=self.epoch,
                                       metrics=self.history[-1] if self.history else {})
                 self.log(f"model written to {out} ({'from ' + best_file.name if best_file else 'last weights'})")
+            write_delivered(self.run_dir, out, metrics_out, self.step)
         self.dist.barrier()
+        self.close()
         return {"step": self.step, "epoch": self.epoch, "best": dict(self.best),
                 "last": self.history[-1] if self.history else {}, "history": list(self.history),
                 "best_file": str(best_file) if best_file else None, "out": out, "nan_steps": self.nan_total}

@@ -140,72 +140,75 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
              for split, paths in (("valid", valid), ("test", test))}
     metric_names = mlm_metric_names({split: list(cs) for split, cs in evals.items()})
     inputs = dict(vocab=vocab, train=train, valid=valid, test=test, init=init, extension=extension)
-    trainer = Trainer(cfg, "mlm", run_dir, inputs, langs, dico.words, dico.counts, metric_names, log)
+    trainer = Trainer(cfg, "mlm", run_dir, inputs, langs, dico.words, dico.counts, metric_names, log, out=out)
+    try:  # the run directory is locked from here on
+        model = TransformerModel(cfg.model, len(dico), len(langs), is_decoder=False)
+        if init and not trainer.resume:
+            load_init(model, init, dico, langs, cfg, extension, trainer.log)
+        if cfg.trainable == "adapters":
+            set_adapter_finetuning(model)
+        iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=trainer.seed_for("mlm", lg))
+                     for lg, c in train_c.items()}
+        trainer.attach({"model": model}, MLMNet(model), iterators)
+        dev = trainer.device
+        lang_id = {lg: i for i, lg in enumerate(langs)}
+        mask_scores = None
+        if cfg.sample_alpha > 0:
+            counts = np.array(dico.counts, dtype=np.float64)
+            mask_scores = np.maximum(counts, 1) ** -cfg.sample_alpha
+            mask_scores[PAD] = 0
+            mask_scores[counts == 0] = 0
 
-    model = TransformerModel(cfg.model, len(dico), len(langs), is_decoder=False)
-    if init and not trainer.resume:
-        load_init(model, init, dico, langs, cfg, extension, trainer.log)
-    if cfg.trainable == "adapters":
-        set_adapter_finetuning(model)
-    iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=trainer.seed_for("mlm", lg))
-                 for lg, c in train_c.items()}
-    trainer.attach({"model": model}, MLMNet(model), iterators)
-    dev = trainer.device
-    lang_id = {lg: i for i, lg in enumerate(langs)}
-    mask_scores = None
-    if cfg.sample_alpha > 0:
-        counts = np.array(dico.counts, dtype=np.float64)
-        mask_scores = np.maximum(counts, 1) ** -cfg.sample_alpha
-        mask_scores[PAD] = 0
-        mask_scores[counts == 0] = 0
+        def langs_of(x, lg):
+            return torch.full_like(x, lang_id[lg]) if len(langs) > 1 else None
 
-    def langs_of(x, lg):
-        return torch.full_like(x, lang_id[lg]) if len(langs) > 1 else None
-
-    def iteration():
-        coeff = lam(trainer.n_iter)
-        if lam.zero_from(trainer.n_iter):
-            raise ValueError(f"lambda_mlm {cfg.lambda_mlm!r} is 0 from iteration {trainer.n_iter} on: nothing to train")
-        for i in trainer.rng.choice(len(steps), size=min(5, len(steps)), replace=True):
-            lg = steps[i]
-            if coeff == 0:
-                continue
-            x, lengths = iterators[f"mlm:{lg}"].next()
-            x, y, pred = mask_out(x, trainer.rng, len(dico), cfg.word_pred, probs, mask_scores)
-            x, lengths, pred, y = x.to(dev), lengths.to(dev), pred.to(dev), y.to(dev)
-            with trainer.autocast():
-                logits = trainer.net(x, lengths, langs_of(x, lg), pred)
-            loss = F.cross_entropy(logits.float(), y)
-            trainer.record(f"mlm_{lg}", loss.item(), x.numel())
-            trainer.optimize(loss * coeff)
-            trainer.n_sentences += cfg.batch_size
-
-    eval_streams = {(split, lg): StreamBatches(c, 1, cfg.bptt, shuffle=False)
-                    for split, cs in evals.items() for lg, c in cs.items()}
-
-    @torch.no_grad()
-    def evaluate() -> dict:
-        model.eval()
-        scores = {}
-        for (split, lg), stream in eval_streams.items():
-            rng = np.random.RandomState(0)
-            stats = [0.0, 0, 0]
-            batch = [eval_mask(x, rng, cfg.word_pred) for x, _ in stream.eval_batches()]
-            for a in range(0, len(batch), cfg.batch_size):
-                xs, ys, ps = (torch.cat(t) for t in zip(*batch[a: a + cfg.batch_size]))
-                xs, ps = xs.to(dev), ps.to(dev)
-                lengths = torch.full((len(xs),), xs.size(1), device=dev)
+        def iteration():
+            coeff = lam(trainer.n_iter)
+            if lam.zero_from(trainer.n_iter):
+                raise ValueError(f"lambda_mlm {cfg.lambda_mlm!r} is 0 from iteration {trainer.n_iter} on: "
+                                 "nothing to train")
+            for i in trainer.rng.choice(len(steps), size=min(5, len(steps)), replace=True):
+                lg = steps[i]
+                if coeff == 0:
+                    continue
+                x, lengths = iterators[f"mlm:{lg}"].next()
+                x, y, pred = mask_out(x, trainer.rng, len(dico), cfg.word_pred, probs, mask_scores)
+                x, lengths, pred, y = x.to(dev), lengths.to(dev), pred.to(dev), y.to(dev)
                 with trainer.autocast():
-                    logits = model.logits(model(xs, lengths, langs_of(xs, lg))[ps])
-                for k, v in enumerate(ce_stats(logits, ys.to(dev))):
-                    stats[k] += v
-            scores[f"{split}_{lg}_mlm_ppl"], scores[f"{split}_{lg}_mlm_acc"] = ppl_acc(*stats)
-        for split, cs in evals.items():
-            if len(cs) > 1:
-                for m in ("ppl", "acc"):
-                    scores[f"{split}_mlm_{m}"] = float(np.mean([scores[f"{split}_{lg}_mlm_{m}"] for lg in cs]))
-        model.train()
-        return scores
+                    logits = trainer.net(x, lengths, langs_of(x, lg), pred)
+                loss = F.cross_entropy(logits.float(), y)
+                trainer.record(f"mlm_{lg}", loss.item(), x.numel())
+                trainer.optimize(loss * coeff)
+                trainer.n_sentences += cfg.batch_size
 
-    trainer.run(iteration, evaluate)
-    return trainer.finish(out, metrics_out)
+        eval_streams = {(split, lg): StreamBatches(c, 1, cfg.bptt, shuffle=False)
+                        for split, cs in evals.items() for lg, c in cs.items()}
+
+        @torch.no_grad()
+        def evaluate() -> dict:
+            model.eval()
+            scores = {}
+            for (split, lg), stream in eval_streams.items():
+                rng = np.random.RandomState(0)
+                stats = [0.0, 0, 0]
+                batch = [eval_mask(x, rng, cfg.word_pred) for x, _ in stream.eval_batches()]
+                for a in range(0, len(batch), cfg.batch_size):
+                    xs, ys, ps = (torch.cat(t) for t in zip(*batch[a: a + cfg.batch_size]))
+                    xs, ps = xs.to(dev), ps.to(dev)
+                    lengths = torch.full((len(xs),), xs.size(1), device=dev)
+                    with trainer.autocast():
+                        logits = model.logits(model(xs, lengths, langs_of(xs, lg))[ps])
+                    for k, v in enumerate(ce_stats(logits, ys.to(dev))):
+                        stats[k] += v
+                scores[f"{split}_{lg}_mlm_ppl"], scores[f"{split}_{lg}_mlm_acc"] = ppl_acc(*stats)
+            for split, cs in evals.items():
+                if len(cs) > 1:
+                    for m in ("ppl", "acc"):
+                        scores[f"{split}_mlm_{m}"] = float(np.mean([scores[f"{split}_{lg}_mlm_{m}"] for lg in cs]))
+            model.train()
+            return scores
+
+        trainer.run(iteration, evaluate)
+        return trainer.finish(out, metrics_out)
+    finally:
+        trainer.close()

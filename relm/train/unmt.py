@@ -111,103 +111,108 @@ def train_unmt(cfg: UNMTConfig, run_dir: str, vocab: str, train: dict[str, str],
     eval_dirs = [(split, a, b) for split, cs in evals.items() for a, b in directions if a in cs and b in cs]
     metric_names = mt_metric_names(eval_dirs, cfg.eval_bleu)
     inputs = dict(vocab=vocab, train=train, valid=valid, test=test, init=init)
-    trainer = Trainer(cfg, "unmt", run_dir, inputs, langs, dico.words, dico.counts, metric_names, log)
+    trainer = Trainer(cfg, "unmt", run_dir, inputs, langs, dico.words, dico.counts, metric_names, log, out=out)
+    try:  # the run directory is locked from here on
+        if trainer.resume:
+            n_words, n_langs = len(dico), len(langs)
+            encoder = TransformerModel(cfg.model, n_words, n_langs, False)
+            decoder = TransformerModel(cfg.model, n_words, n_langs, True)
+        else:
+            encoder, decoder = build_models(cfg, init, dico, langs, trainer.log)
+        iterators = {}
+        for name, ls in (("ae", sorted(set(ae))), ("bt", sorted({s[0] for s in bt}))):
+            for lg in ls:
+                iterators[f"{name}:{lg}"] = SentenceBatches(train_c[lg], cfg.tokens_per_batch, cfg.batch_size,
+                                                            cfg.max_len,
+                                                            seed=trainer.seed_for(name, lg),
+                                                            max_batch_size=cfg.max_batch_size)
+        trainer.attach({"encoder": encoder, "decoder": decoder}, Seq2Seq(encoder, decoder), iterators)
+        dev, lang_id = trainer.device, {lg: i for i, lg in enumerate(langs)}
 
-    if trainer.resume:
-        n_words, n_langs = len(dico), len(langs)
-        encoder = TransformerModel(cfg.model, n_words, n_langs, False)
-        decoder = TransformerModel(cfg.model, n_words, n_langs, True)
-    else:
-        encoder, decoder = build_models(cfg, init, dico, langs, trainer.log)
-    iterators = {}
-    for name, ls in (("ae", sorted(set(ae))), ("bt", sorted({s[0] for s in bt}))):
-        for lg in ls:
-            iterators[f"{name}:{lg}"] = SentenceBatches(train_c[lg], cfg.tokens_per_batch, cfg.batch_size, cfg.max_len,
-                                                        seed=trainer.seed_for(name, lg),
-                                                        max_batch_size=cfg.max_batch_size)
-    trainer.attach({"encoder": encoder, "decoder": decoder}, Seq2Seq(encoder, decoder), iterators)
-    dev, lang_id = trainer.device, {lg: i for i, lg in enumerate(langs)}
+        def seq2seq_step(x1, len1, l1, x2, len2, l2, coeff: float, name: str):
+            x1, len1, x2, len2 = x1.to(dev), len1.to(dev), x2.to(dev), len2.to(dev)
+            pred, y = target_mask(x2, len2)
+            with trainer.autocast():
+                logits = trainer.net(x1, len1, torch.full_like(x1, lang_id[l1]), x2, len2,
+                                     torch.full_like(x2, lang_id[l2]), pred)
+            loss = F.cross_entropy(logits.float(), y)
+            trainer.record(name, loss.item(), int(len(y)))
+            trainer.optimize(loss * coeff if coeff != 1 else loss)
+            trainer.n_sentences += cfg.batch_size
 
-    def seq2seq_step(x1, len1, l1, x2, len2, l2, coeff: float, name: str):
-        x1, len1, x2, len2 = x1.to(dev), len1.to(dev), x2.to(dev), len2.to(dev)
-        pred, y = target_mask(x2, len2)
-        with trainer.autocast():
-            logits = trainer.net(x1, len1, torch.full_like(x1, lang_id[l1]), x2, len2,
-                                 torch.full_like(x2, lang_id[l2]), pred)
-        loss = F.cross_entropy(logits.float(), y)
-        trainer.record(name, loss.item(), int(len(y)))
-        trainer.optimize(loss * coeff if coeff != 1 else loss)
-        trainer.n_sentences += cfg.batch_size
+        def iteration():
+            coeff_ae, coeff_bt = lam_ae(trainer.n_iter), lam_bt(trainer.n_iter)
+            if (not ae or lam_ae.zero_from(trainer.n_iter)) and (not bt or lam_bt.zero_from(trainer.n_iter)):
+                raise ValueError(f"lambda_ae {cfg.lambda_ae!r} and lambda_bt {cfg.lambda_bt!r} are 0 from iteration "
+                                 f"{trainer.n_iter} on: nothing to train")
+            for i in trainer.rng.permutation(len(ae)):
+                if coeff_ae == 0:
+                    break
+                lg = ae[i]
+                x, lengths = iterators[f"ae:{lg}"].next()
+                xn, ln = add_noise(x, lengths, cfg.word_shuffle, cfg.word_dropout, cfg.word_blank, trainer.rng)
+                seq2seq_step(xn, ln, lg, x, lengths, lg, coeff_ae, f"ae_{lg}")
+            for i in trainer.rng.permutation(len(bt)):
+                if coeff_bt == 0:
+                    break
+                l1, l2, l3 = bt[i]
+                x1, len1 = iterators[f"bt:{l1}"].next()
+                x1, len1 = x1.to(dev), len1.to(dev)
+                encoder.eval()
+                decoder.eval()
+                with torch.no_grad(), trainer.autocast():
+                    enc1 = encoder(x1, len1, torch.full_like(x1, lang_id[l1]))
+                    x2, len2 = generate_greedy(decoder, enc1, len1, lang_id[l2],
+                                               max_len=BACK_TRANSLATION(len1, cfg.model.max_positions))
+                encoder.train()
+                decoder.train()
+                seq2seq_step(x2, len2, l2, x1, len1, l3, 1.0 if cfg.bt_loss_unscaled else coeff_bt,
+                             f"bt_{l1}-{l2}-{l3}")
 
-    def iteration():
-        coeff_ae, coeff_bt = lam_ae(trainer.n_iter), lam_bt(trainer.n_iter)
-        if (not ae or lam_ae.zero_from(trainer.n_iter)) and (not bt or lam_bt.zero_from(trainer.n_iter)):
-            raise ValueError(f"lambda_ae {cfg.lambda_ae!r} and lambda_bt {cfg.lambda_bt!r} are 0 from iteration "
-                             f"{trainer.n_iter} on: nothing to train")
-        for i in trainer.rng.permutation(len(ae)):
-            if coeff_ae == 0:
-                break
-            lg = ae[i]
-            x, lengths = iterators[f"ae:{lg}"].next()
-            xn, ln = add_noise(x, lengths, cfg.word_shuffle, cfg.word_dropout, cfg.word_blank, trainer.rng)
-            seq2seq_step(xn, ln, lg, x, lengths, lg, coeff_ae, f"ae_{lg}")
-        for i in trainer.rng.permutation(len(bt)):
-            if coeff_bt == 0:
-                break
-            l1, l2, l3 = bt[i]
-            x1, len1 = iterators[f"bt:{l1}"].next()
-            x1, len1 = x1.to(dev), len1.to(dev)
+        words = dico.words
+
+        def text(row: torch.Tensor, n: int) -> str:
+            return remove_bpe(" ".join(words[i] for i in row[1: n - 1].tolist()))
+
+        @torch.no_grad()
+        def evaluate() -> dict:
             encoder.eval()
             decoder.eval()
-            with torch.no_grad(), trainer.autocast():
-                enc1 = encoder(x1, len1, torch.full_like(x1, lang_id[l1]))
-                x2, len2 = generate_greedy(decoder, enc1, len1, lang_id[l2],
-                                           max_len=BACK_TRANSLATION(len1, cfg.model.max_positions))
+            scores = {}
+            for split, a, b in eval_dirs:
+                stats, hyps, refs = [0.0, 0, 0], [], []
+                for x1, len1, x2, len2, _ in parallel_eval_batches(evals[split][a], evals[split][b], cfg.batch_size,
+                                                                   cfg.max_len):
+                    x1, len1, x2, len2 = x1.to(dev), len1.to(dev), x2.to(dev), len2.to(dev)
+                    with trainer.autocast():
+                        enc = encoder(x1, len1, torch.full_like(x1, lang_id[a]))
+                        dec = decoder(x2, len2, torch.full_like(x2, lang_id[b]), causal=True, src_enc=enc, src_len=len1)
+                        pred, y = target_mask(x2, len2)
+                        logits = decoder.logits(dec[pred])
+                        if cfg.eval_bleu:
+                            max_len = VALIDATION(len1, cfg.model.max_positions)
+                            if cfg.beam_size > 1:
+                                gen, glen = generate_beam(decoder, enc, len1, lang_id[b], cfg.beam_size,
+                                                          cfg.length_penalty,
+                                                          cfg.early_stopping, max_len=max_len)
+                            else:
+                                gen, glen = generate_greedy(decoder, enc, len1, lang_id[b], max_len=max_len)
+                    for k, v in enumerate(ce_stats(logits, y)):
+                        stats[k] += v
+                    if cfg.eval_bleu:
+                        hyps += [text(r, n) for r, n in zip(gen.cpu(), glen.tolist())]
+                        refs += [text(r, n) for r, n in zip(x2.cpu(), len2.tolist())]
+                key = f"{split}_{a}-{b}_mt"
+                scores[f"{key}_ppl"], scores[f"{key}_acc"] = ppl_acc(*stats)
+                if cfg.eval_bleu:
+                    # multi-bleu.perl on tokenized, de-BPE'd text: whitespace split, case-sensitive, no smoothing
+                    bleu = BLEU(tokenize="none", smooth_method="none", force=True)
+                    scores[f"{key}_bleu"] = bleu.corpus_score(hyps, [refs]).score if hyps else 0.0
             encoder.train()
             decoder.train()
-            seq2seq_step(x2, len2, l2, x1, len1, l3, 1.0 if cfg.bt_loss_unscaled else coeff_bt, f"bt_{l1}-{l2}-{l3}")
+            return scores
 
-    words = dico.words
-
-    def text(row: torch.Tensor, n: int) -> str:
-        return remove_bpe(" ".join(words[i] for i in row[1: n - 1].tolist()))
-
-    @torch.no_grad()
-    def evaluate() -> dict:
-        encoder.eval()
-        decoder.eval()
-        scores = {}
-        for split, a, b in eval_dirs:
-            stats, hyps, refs = [0.0, 0, 0], [], []
-            for x1, len1, x2, len2, _ in parallel_eval_batches(evals[split][a], evals[split][b], cfg.batch_size,
-                                                               cfg.max_len):
-                x1, len1, x2, len2 = x1.to(dev), len1.to(dev), x2.to(dev), len2.to(dev)
-                with trainer.autocast():
-                    enc = encoder(x1, len1, torch.full_like(x1, lang_id[a]))
-                    dec = decoder(x2, len2, torch.full_like(x2, lang_id[b]), causal=True, src_enc=enc, src_len=len1)
-                    pred, y = target_mask(x2, len2)
-                    logits = decoder.logits(dec[pred])
-                    if cfg.eval_bleu:
-                        max_len = VALIDATION(len1, cfg.model.max_positions)
-                        if cfg.beam_size > 1:
-                            gen, glen = generate_beam(decoder, enc, len1, lang_id[b], cfg.beam_size, cfg.length_penalty,
-                                                      cfg.early_stopping, max_len=max_len)
-                        else:
-                            gen, glen = generate_greedy(decoder, enc, len1, lang_id[b], max_len=max_len)
-                for k, v in enumerate(ce_stats(logits, y)):
-                    stats[k] += v
-                if cfg.eval_bleu:
-                    hyps += [text(r, n) for r, n in zip(gen.cpu(), glen.tolist())]
-                    refs += [text(r, n) for r, n in zip(x2.cpu(), len2.tolist())]
-            key = f"{split}_{a}-{b}_mt"
-            scores[f"{key}_ppl"], scores[f"{key}_acc"] = ppl_acc(*stats)
-            if cfg.eval_bleu:
-                # multi-bleu.perl on tokenized, de-BPE'd text: whitespace split, case-sensitive, no smoothing
-                bleu = BLEU(tokenize="none", smooth_method="none", force=True)
-                scores[f"{key}_bleu"] = bleu.corpus_score(hyps, [refs]).score if hyps else 0.0
-        encoder.train()
-        decoder.train()
-        return scores
-
-    trainer.run(iteration, evaluate)
-    return trainer.finish(out, metrics_out)
+        trainer.run(iteration, evaluate)
+        return trainer.finish(out, metrics_out)
+    finally:
+        trainer.close()
