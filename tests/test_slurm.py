@@ -172,7 +172,7 @@ def test_snakemake_cpu_and_gpu_jobs_go_through_sbatch(slurm_cluster, tmp_path):
             shell: "{PY} -c \\"{{ENV}}\\" {{output}}"
         """))
     t0 = time.monotonic()
-    r = run_snakemake(tmp_path, timeout=240, env={"CUDA_VISIBLE_DEVICES": None})
+    r = run_snakemake(tmp_path, timeout=600, env={"CUDA_VISIBLE_DEVICES": None})
     assert r.returncode == 0, r.stdout
     print(f"snakemake: {time.monotonic() - t0:.1f}s")
     logs = slurm_logs(tmp_path)
@@ -197,12 +197,12 @@ def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
             output: "model.txt"
             shell: "{PY} trainer.py {{output}}"
         """))
-    sm = run_snakemake(tmp_path, timeout=240, background=True)
+    sm = run_snakemake(tmp_path, timeout=600, background=True)
     try:
         wait_for_path(tmp_path / "model.txt.started", 90)
         (first,) = slurm_logs(tmp_path)["pretrain"]
         signal_job(first, "TERM")
-        status = stop_snakemake(sm, timeout=180)
+        status = stop_snakemake(sm, timeout=500)
     finally:
         stop_snakemake(sm, timeout=0)  # still running only if something above failed
     assert status == 0, (tmp_path / "snakemake.out").read_text()

@@ -106,7 +106,7 @@ def test_demo_workflow_through_slurm(slurm_cluster, tiny_run, tmp_path):
     if not FULL:
         seed_before_checkpoint(local_wd, tmp_path)
     t0 = time.monotonic()
-    r = run_snakemake(tmp_path, "-s", SNAKEFILE, "--configfile", cfg, *GROUPS, timeout=900 if FULL else 420,
+    r = run_snakemake(tmp_path, "-s", SNAKEFILE, "--configfile", cfg, *GROUPS, timeout=1800 if FULL else 1200,
                       env={"CUDA_VISIBLE_DEVICES": None})
     print(f"snakemake through SLURM ({sum(expected.values())} jobs): {time.monotonic() - t0:.0f}s")
     assert r.returncode == 0, tail(r.stdout)
@@ -200,7 +200,7 @@ def test_preempted_pretraining_resumes_on_snakemake_retry(slurm_cluster, tiny_ru
     run_dir, log = tmp_path / "models/hx/mlm", tmp_path / "logs/pretrain/hx.log"
 
     t0 = time.monotonic()
-    sm = run_snakemake(tmp_path, "models/hx/mlm/model.pt", "-s", SNAKEFILE, "--configfile", cfg, timeout=300,
+    sm = run_snakemake(tmp_path, "models/hx/mlm/model.pt", "-s", SNAKEFILE, "--configfile", cfg, timeout=900,
                        background=True, env={"CUDA_VISIBLE_DEVICES": None})
     try:
         wait_for_path_or_exit(run_dir / "checkpoint.pt", sm, 150)
@@ -210,7 +210,7 @@ def test_preempted_pretraining_resumes_on_snakemake_retry(slurm_cluster, tiny_ru
         # Read the first attempt's log before the retry's shell command overwrites it (seconds later: the next
         # status check, a new job, two Snakemake starts).
         first_log = log.read_text()
-        status = stop_snakemake(sm, timeout=240)
+        status = stop_snakemake(sm, timeout=600)
     finally:
         stop_snakemake(sm, timeout=0)  # still running only if something above failed
         for job in slurm_logs(tmp_path).get("pretrain", {}):
