@@ -179,7 +179,12 @@ def cmd_import_xlm(a):
             raise ValueError(f"--expect-model is not JSON ({e}): {a.expect_model!r}") from None
         if not isinstance(expect, dict):
             raise ValueError(f"--expect-model must be a JSON object of model settings, got {a.expect_model!r}")
-    log(convert_xlm_checkpoint(a.input, a.output, vocab=a.vocab, expect_model=expect, summary=a.summary))
+    try:
+        log(convert_xlm_checkpoint(a.input, a.output, vocab=a.vocab, expect_model=expect, summary=a.summary))
+    except RelmError as e:
+        if not a.origin:
+            raise
+        raise type(e)(f"{e} ({a.origin})") from None
 
 
 def cmd_fetch_checkpoint(a):
@@ -347,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help='architecture the checkpoint must have, e.g. \'{"dim": 1024, "n_layers": 6, "n_heads": 8, '
                         '"pre_norm": false, "gelu": true}\' (keys may be config keys such as "model.dim")')
     s.add_argument("--summary", help="write what was imported and checked (with sha256s) here as JSON")
+    s.add_argument("--origin", help="where the files came from, added to an error (the workflow names its config)")
     s.set_defaults(func=cmd_import_xlm)
 
     s = sub.add_parser("fetch-checkpoint", help="acquire a checkpoint file as it is: verified download or local link")

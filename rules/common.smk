@@ -114,6 +114,12 @@ def released_local(kind):
     return [src["path"]] if "path" in src else []
 
 
+def released_origin():
+    """Where the files that import_released checks came from, for its error message."""
+    src = {k: v.get("path", v.get("url")) for k, v in config["pretrained"].items()}
+    return f"config 'pretrained': checkpoint {src['checkpoint']}, vocab {src['vocab']}"
+
+
 def released_expect_model():
     """JSON {config key: value} of the architecture the MLM stages starting from the HMR MLM ask for."""
     return json.dumps(released_model_keys(config), sort_keys=True)

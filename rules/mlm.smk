@@ -136,6 +136,7 @@ if RELEASED:
             summary=released_summary(),
         params:
             expect=released_expect_model(),
+            origin=released_origin(),
         priority: 50
         resources:
             mem_mb=lambda w, input: 2000 + 3 * int(input.size_mb),
@@ -147,4 +148,4 @@ if RELEASED:
             f"benchmarks/import_released/{HMR}.tsv"
         shell:
             "relm import-xlm {input.checkpoint:q} {output.model:q} --vocab {input.vocab:q} "
-            "--expect-model {params.expect:q} --summary {output.summary:q} > {log:q} 2>&1"
+            "--expect-model {params.expect:q} --summary {output.summary:q} --origin {params.origin:q} > {log:q} 2>&1"

@@ -221,6 +221,18 @@ def test_bad_pretrained_block_names_the_key(tmp_path, mutate, message):
         check_config(cfg, SCHEMA)
 
 
+def test_readme_example_is_valid_config():
+    """The `pretrained` block shown in the README passes the schema."""
+    import yaml
+
+    from relm.workflow import check_schema
+
+    text = (REPO / "README.md").read_text().split("## Starting from a released MLM")[1]
+    block = yaml.safe_load(text.split("```yaml\n")[1].split("```")[0])
+    assert set(block["pretrained"]) == {"checkpoint", "codes", "vocab"}
+    check_schema(tiny_config(**block), SCHEMA)
+
+
 def test_plan_with_a_released_mlm(tmp_path):
     """The dry run imports the released model instead of pretraining; the HMR codes and vocabulary come from it;
     every MLM stage waits for the import's check."""
@@ -237,3 +249,98 @@ def test_plan_with_a_released_mlm(tmp_path):
     assert "models/hx/released/import.json" in xlm.split("output:")[0]
     relm = next(j for j in jobs if "rule mlm:" in j and "system=relm\n" in j)
     assert "--init models/hx/released/model.pt" in relm
+
+
+# ---- the workflow, from a released MLM to the UNMT models of the RE-LM systems ----
+
+def make_release(tmp_path, cfg) -> dict:
+    """A release as the original authors' (XLM's) tools would have written it, for the tiny demo's HMR: fastBPE codes
+    ('left right count') and vocabulary learned on the demo HMR corpus (by this workflow, then written in fastBPE's
+    formats), and a checkpoint in XLM's format whose dictionary is that vocabulary (14 specials + its lines)."""
+    from relm.files import sha256_file
+    from relm.tokens import SPECIAL_WORDS
+    from test_xlm_import import save_xlm, xlm_params, xlm_state
+
+    prep = tmp_path / "prep"
+    snakemake(prep, "--cores", "2", "data/hx/codes.hx", "data/hx/vocab.hx", config=write_config(tmp_path / "p.yaml", cfg))
+    rel = tmp_path / "release"
+    rel.mkdir()
+    merges = (prep / "data/hx/codes.hx").read_text().splitlines()[1:]  # after "#version: 0.2"
+    (rel / "codes.en").write_text("".join(f"{m} {100000 - i}\n" for i, m in enumerate(merges)))
+    (rel / "vocab.en").write_text((prep / "data/hx/vocab.hx").read_text())  # getvocab's format already
+    words = SPECIAL_WORDS + [line.split(" ")[0] for line in (rel / "vocab.en").read_text().splitlines()]
+    m = cfg["model"]
+    state = xlm_state(n_langs=1, seed=3, dim=m["dim"], layers=m["n_layers"], n_words=len(words))
+    params = xlm_params(langs=("hx",), dim=m["dim"], layers=m["n_layers"], heads=m["n_heads"], n_words=len(words))
+    save_xlm(rel / "mlm_hx.pth", {"model": state}, params, words=words)
+    return {"dir": rel, "prep": prep, "state": state, "words": words,
+            "block": {"checkpoint": {"path": str(rel / "mlm_hx.pth"), "sha256": sha256_file(rel / "mlm_hx.pth")},
+                      "codes": {"path": str(rel / "codes.en")}, "vocab": {"path": str(rel / "vocab.en")}}}
+
+
+@pytest.mark.slow
+def test_workflow_starts_from_a_released_mlm(tmp_path):
+    import json
+
+    import torch
+
+    from relm.files import sha256_file
+    from relm.model.checkpoint import load_model
+
+    base = tiny_config()
+    base["model"]["pre_norm"] = False  # XLM's post-norm, as every released XLM / RE-LM checkpoint
+    release = make_release(tmp_path, base)
+    rel = release["dir"]
+
+    # a vocabulary with one line removed is refused by the first job that reads the checkpoint, before any training
+    lines = (rel / "vocab.en").read_text().splitlines(keepends=True)
+    (rel / "vocab-short.en").write_text("".join(lines[:50] + lines[51:]))
+    bad = tiny_config(pretrained=dict(release["block"], vocab={"path": str(rel / "vocab-short.en")}), model=base["model"])
+    wd = tmp_path / "bad"
+    proc = snakemake(wd, "--cores", "2", "all", config=write_config(tmp_path / "bad.yaml", bad), check=False)
+    assert proc.returncode != 0
+    error = (wd / "logs/import_released/hx.log").read_text().strip().splitlines()
+    n = len(release["words"])
+    assert error[-1] == (
+        f"relm import-xlm: error: vocabulary data/hx/vocab.hx does not match checkpoint "
+        f"data/hx/released/checkpoint.pth: {n - 15} tokens + 14 special words = {n - 1} ids, but the checkpoint has "
+        f"{n} embedding rows (its dictionary: {n} words) (config 'pretrained': checkpoint {rel / 'mlm_hx.pth'}, "
+        f"vocab {rel / 'vocab-short.en'})"), error
+    assert not (wd / "logs/mlm").exists() and not (wd / "logs/unmt").exists() and not (wd / "models/lx-hx").exists()
+    assert not (wd / "models/hx/released/model.pt").exists()
+
+    # the release as it is: through to the UNMT models of both RE-LM systems
+    cfg = tiny_config(pretrained=release["block"], model=base["model"])
+    for split in ("valid", "test"):  # only HMR pretraining evaluates on these
+        del cfg["data"]["hx"][f"{split}.hx"]
+    wd = tmp_path / "run"
+    snakemake(wd, "--cores", "2", "models/lx-hx/relm/unmt/model.pt", "models/lx-hx/relm_adapters/unmt/model.pt",
+              config=write_config(tmp_path / "run.yaml", cfg))
+    for skipped in ("pretrain", "bpe_learn_hmr", "vocab_hmr"):
+        assert not (wd / "logs" / skipped).exists(), skipped
+    assert not (wd / "models/hx/mlm").exists()
+    # the HMR codes are the released ones (converted), the HMR vocabulary is the released file, and the HMR train
+    # corpus is binarized with it
+    assert (wd / "data/hx/codes.hx").read_bytes() == (release["prep"] / "data/hx/codes.hx").read_bytes()
+    assert (wd / "data/hx/vocab.hx").read_bytes() == (rel / "vocab.en").read_bytes()
+    meta = json.loads((wd / "data/hx/bin-hmr/train.hx.json").read_text())
+    assert meta["vocab_sha256"] == sha256_file(rel / "vocab.en") and meta["n_words"] == len(release["words"])
+    summary = json.loads((wd / "models/hx/released/import.json").read_text())
+    assert summary["checkpoint_sha256"] == release["block"]["checkpoint"]["sha256"]
+    assert summary["checked_model"]["model.pre_norm"] is False and summary["checked_model"]["model.dim"] == 32
+
+    # the RE-LM MLM stages started from the imported weights
+    state = release["state"]
+    imported = load_model(wd / "models/hx/released/model.pt")
+    assert imported.words == release["words"]
+    assert torch.equal(imported.encoder.state_dict()["embeddings.weight"], state["embeddings.weight"])
+    for system in ("relm", "relm_adapters"):
+        log = (wd / f"logs/mlm/lx-hx.{system}.log").read_text()
+        assert "initialized from models/hx/released/model.pt, vocabulary extended by" in log, system
+    adapters = load_model(wd / "models/lx-hx/relm_adapters/mlm/model.pt").encoder.state_dict()
+    for key in ("attentions.0.q_lin.weight", "ffns.0.lin1.weight", "layer_norm2.0.bias"):  # frozen in that stage
+        assert torch.equal(adapters[key], state[key]), key
+    relm = load_model(wd / "models/lx-hx/relm/mlm/model.pt")
+    assert relm.words[:n] == release["words"] and len(relm.words) > n  # the extended dictionary
+    for system in ("relm", "relm_adapters"):
+        assert (wd / f"models/lx-hx/{system}/unmt/model.pt").is_file()

@@ -306,9 +306,11 @@ def test_cli_import_xlm_with_vocab(tmp_path):
           "--expect-model", expect, "--summary", str(tmp_path / "s.json")])
     assert load_model(tmp_path / "ours.pth").words == WORDS and (tmp_path / "s.json").is_file()
     with pytest.raises(SystemExit) as e:
-        main(["import-xlm", str(tmp_path / "xlm.pth"), str(tmp_path / "o2.pth"), "--vocab", str(bad)])
+        main(["import-xlm", str(tmp_path / "xlm.pth"), str(tmp_path / "o2.pth"), "--vocab", str(bad),
+              "--origin", "config 'pretrained': vocab /x/vocab.en"])
     msg = str(e.value)
     assert msg.startswith(f"relm import-xlm: error: vocabulary {bad} does not match checkpoint {tmp_path / 'xlm.pth'}")
+    assert msg.endswith(" (config 'pretrained': vocab /x/vocab.en)")
     assert "\n" not in msg and not (tmp_path / "o2.pth").exists()
     with pytest.raises(SystemExit, match="--expect-model must be a JSON object"):
         main(["import-xlm", str(tmp_path / "xlm.pth"), str(tmp_path / "o2.pth"), "--expect-model", "[1]"])
