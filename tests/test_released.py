@@ -29,7 +29,8 @@ EXPECTED = {
 
 
 def fastbpe_apply(codes_text: str, word: str) -> str:
-    """fastBPE's applybpe for one word, written from fastBPE.hpp (reference for the conversion)."""
+    """fastBPE's applybpe for one word, written from its description in fastBPE.hpp (tokenize_str, process_bpe): the
+    reference the converted codes are compared with."""
     ranks = {}
     for i, line in enumerate(codes_text.splitlines()):
         left, right, _ = line.split(" ")
@@ -90,11 +91,12 @@ def test_conversion_round_trip_of_learned_codes(tmp_path):
     ("l o 3\nlo w 2 1\n", ":2: expected fastBPE codes"),
     ("l o x\n", ":1: count 'x' is not a non-negative integer"),
     ("l o 3\nn e 2\nl o 1\n", ":3: merge 'l' 'o' repeats line 1"),
+    ("l o 3\nlo w 2\nl ow 1\n", ":3: merge 'l' 'ow' makes 'low', as line 2 does"),
     ("l</w> o 3\n", "may only end the right symbol"),
     ("l o</w>x 3\n", "may only end the right symbol"),
     ("", "no merges"),
     ("\n\n", "no merges"),
-], ids=["subword-nmt", "two-fields", "four-fields", "count", "repeated", "eow-left", "eow-inside", "empty", "blank"])
+], ids=["subword-nmt", "two-fields", "four-fields", "count", "repeated", "same-piece", "eow-left", "eow-inside", "empty", "blank"])
 def test_bad_fastbpe_codes_are_refused(tmp_path, content, message):
     (tmp_path / "codes.fastbpe").write_text(content)
     with pytest.raises(InputError, match=message) as e:

@@ -165,11 +165,12 @@ def convert_fastbpe_codes(inp: str | Path, out: str | Path, log: Callable = epri
     """fastBPE codes (`fast learnbpe`: one "left right count" line per merge, in merge order) -> the subword-nmt
     "#version: 0.2" codes that BPE reads (atomic write); returns the number of merges.
 
-    The two formats mean the same merges: fastBPE (fastBPE.hpp: learnbpe/applybpe) splits a word into characters
-    with "</w>" glued to the last one, which is subword-nmt's version 0.2 convention (0.1 makes "</w>" a symbol of
-    its own, so the header matters), and applies the merge of lowest rank first, every occurrence left to right, as
-    BPE.segment_word does. fastBPE refuses a codes file that repeats a merge; so does this conversion. InputError
-    names the line of anything else than "left right count" (e.g. subword-nmt codes given by mistake)."""
+    The two formats mean the same merges: fastBPE (fastBPE.hpp: tokenize_str, process_bpe) splits a word into
+    characters with "</w>" glued to the last one, which is subword-nmt's version 0.2 convention (0.1 makes "</w>" a
+    symbol of its own, so the header matters), and applies the merge of lowest rank first, every occurrence left to
+    right, as BPE.segment_word does. fastBPE (readCodes) refuses codes that repeat a merge or make the same piece
+    twice; so does this conversion. InputError names the line of anything else than "left right count" (e.g.
+    subword-nmt codes given by mistake)."""
     try:
         text = Path(inp).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -180,6 +181,7 @@ def convert_fastbpe_codes(inp: str | Path, out: str | Path, log: Callable = epri
                          "lines); such codes are read as they are")
     pairs: list[str] = []
     seen: dict[tuple[str, str], int] = {}
+    made: dict[str, int] = {}
     for lineno, line in enumerate(lines, 1):
         fields = line.split(" ")
         if len(fields) != 3 or not all(fields):
@@ -192,7 +194,10 @@ def convert_fastbpe_codes(inp: str | Path, out: str | Path, log: Callable = epri
                              "glues it to the last character of a word)")
         if (left, right) in seen:
             raise InputError(f"{inp}:{lineno}: merge {left!r} {right!r} repeats line {seen[left, right]}")
-        seen[left, right] = lineno
+        if left + right in made:
+            raise InputError(f"{inp}:{lineno}: merge {left!r} {right!r} makes {left + right!r}, as line "
+                             f"{made[left + right]} does")
+        seen[left, right] = made[left + right] = lineno
         pairs.append(f"{left} {right}\n")
     if not pairs:
         raise InputError(f"{inp}: no merges (empty codes file); {out} not written")
