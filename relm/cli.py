@@ -180,7 +180,8 @@ def cmd_import_xlm(a):
         if not isinstance(expect, dict):
             raise ValueError(f"--expect-model must be a JSON object of model settings, got {a.expect_model!r}")
     try:
-        log(convert_xlm_checkpoint(a.input, a.output, vocab=a.vocab, expect_model=expect, summary=a.summary))
+        log(convert_xlm_checkpoint(a.input, a.output, vocab=a.vocab, expect_model=expect, summary=a.summary,
+                                   kind=a.kind))
     except RelmError as e:
         if not a.origin:
             raise
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                         '"pre_norm": false, "gelu": true}\' (keys may be config keys such as "model.dim")')
     s.add_argument("--summary", help="write what was imported and checked (with sha256s) here as JSON")
     s.add_argument("--origin", help="where the files came from, added to an error (the workflow names its config)")
+    s.add_argument("--kind", choices=("mlm", "unmt"), help="the kind of model the checkpoint must hold")
     s.set_defaults(func=cmd_import_xlm)
 
     s = sub.add_parser("fetch-checkpoint", help="acquire a checkpoint file as it is: verified download or local link")

@@ -147,5 +147,5 @@ if RELEASED:
         benchmark:
             f"benchmarks/import_released/{HMR}.tsv"
         shell:
-            "relm import-xlm {input.checkpoint:q} {output.model:q} --vocab {input.vocab:q} "
+            "relm import-xlm {input.checkpoint:q} {output.model:q} --kind mlm --vocab {input.vocab:q} "
             "--expect-model {params.expect:q} --summary {output.summary:q} --origin {params.origin:q} > {log:q} 2>&1"

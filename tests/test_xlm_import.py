@@ -186,6 +186,14 @@ def test_unsorted_xlm_language_ids_are_remapped(tmp_path):
     assert torch.equal(lm.encoder.lang_embeddings.weight[0], sd["lang_embeddings.weight"][1])  # en was XLM id 1
 
 
+def test_required_kind(tmp_path):
+    save_xlm(tmp_path / "xlm.pth", {"encoder": xlm_state(), "decoder": xlm_state(decoder=True)}, xlm_params())
+    with pytest.raises(CheckpointError, match="is a unmt checkpoint \\(encoder, decoder\\), but a mlm checkpoint"):
+        convert_xlm_checkpoint(tmp_path / "xlm.pth", tmp_path / "ours.pth", kind="mlm")
+    assert not (tmp_path / "ours.pth").exists()
+    assert convert_xlm_checkpoint(tmp_path / "xlm.pth", tmp_path / "ours.pth", kind="unmt")["kind"] == "unmt"
+
+
 def test_numpy1_pickles_are_accepted(tmp_path):
     """Checkpoints written with numpy<2 name numpy.core.multiarray; legacy torch format keeps the pickle in clear."""
     save_xlm(tmp_path / "xlm.pth", {"model": xlm_state()}, xlm_params(), legacy=True)

@@ -156,8 +156,10 @@ def _dictionary(ck: dict, in_path) -> tuple[list[str], list[int]]:
     return words, [int(counts_by_word.get(w, 0)) for w in words]
 
 
-def convert_xlm_checkpoint(in_path, out_path, vocab=None, expect_model: dict | None = None, summary=None) -> dict:
+def convert_xlm_checkpoint(in_path, out_path, vocab=None, expect_model: dict | None = None, summary=None,
+                           kind: str | None = None) -> dict:
     """Convert an XLM/RE-LM checkpoint ('model', or 'encoder'+'decoder') into a relm checkpoint; returns a summary.
+    kind: "mlm" or "unmt", the kind the checkpoint must be (an MLM has 'model', a UNMT model 'encoder'+'decoder').
 
     vocab: the vocabulary file the checkpoint was trained with (check_vocab); its words and counts become the
     checkpoint's, which then needs no `dico_id2word` of its own. expect_model: check_expected_model. summary: also
@@ -167,12 +169,16 @@ def convert_xlm_checkpoint(in_path, out_path, vocab=None, expect_model: dict | N
         raise CheckpointError(f"{in_path} is not an XLM checkpoint (needs 'params', 'dico_id2word' or a vocabulary "
                               "file, and weights)")
     params = dict(ck["params"])
+    want = kind
     if "model" in ck:
         kind, names = "mlm", {"model": ("model", False)}
     elif "encoder" in ck and "decoder" in ck:
         kind, names = "unmt", {"encoder": ("encoder", False), "decoder": ("decoder", True)}
     else:
         raise CheckpointError(f"{in_path}: no 'model' or 'encoder'+'decoder' weights (keys: {sorted(ck)})")
+    if want is not None and kind != want:
+        raise CheckpointError(f"{in_path} is a {kind} checkpoint ({', '.join(names)}), but a {want} checkpoint is "
+                              f"needed here" + (" ('model' weights: an MLM)" if want == "mlm" else ""))
 
     states = {name: strip_module_prefix(ck[key]) for name, (key, _) in names.items()}
     first = next(iter(states.values()))
