@@ -2,11 +2,10 @@
 `check_config`): the JSON schema, then what a schema cannot say. Every error is one line naming the config key."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import yaml
-
-import dataclasses
 
 from relm.config import ModelConfig, TranslateConfig, check, from_dict
 from relm.errors import ConfigError
