@@ -3,7 +3,8 @@
 Every Snakemake rule calls exactly one of these, so the whole pipeline also runs by hand:
 
     relm synth | fetch | tokenize | bpe learn | bpe apply | vocab count | vocab extend | binarize
-    relm train mlm | train unmt | translate | score | tables | plots | compute | import-xlm
+    relm train mlm | train unmt | translate | score | tables | plots | compute
+    relm fetch-checkpoint | bpe convert-codes | import-xlm    (starting from a released MLM)
 """
 from __future__ import annotations
 
@@ -161,10 +162,42 @@ def cmd_compute(a):
     write_compute_table(_pairs(a.benchmark, "--benchmark"), a.output)
 
 
+def cmd_bpe_convert_codes(a):
+    from relm.text.bpe import convert_fastbpe_codes
+
+    convert_fastbpe_codes(a.input, a.output, log=log)
+
+
 def cmd_import_xlm(a):
     from relm.model.xlm import convert_xlm_checkpoint
 
-    log(convert_xlm_checkpoint(a.input, a.output))
+    expect = None
+    if a.expect_model:
+        try:
+            expect = json.loads(a.expect_model)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--expect-model is not JSON ({e}): {a.expect_model!r}") from None
+        if not isinstance(expect, dict):
+            raise ValueError(f"--expect-model must be a JSON object of model settings, got {a.expect_model!r}")
+    try:
+        log(convert_xlm_checkpoint(a.input, a.output, vocab=a.vocab, expect_model=expect, summary=a.summary,
+                                   kind=a.kind))
+    except RelmError as e:
+        if not a.origin:
+            raise
+        raise type(e)(f"{e} ({a.origin})") from None
+
+
+def cmd_fetch_checkpoint(a):
+    from relm.model.xlm import fetch_checkpoint
+
+    try:
+        source = json.loads(a.source)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--source is not JSON ({e}): {a.source!r}") from None
+    if not isinstance(source, dict):
+        raise ValueError(f"--source must be a JSON object, got {a.source!r}")
+    fetch_checkpoint(source, a.out, retries=a.retries, timeout=a.timeout, retry_delay=a.retry_delay, log=log)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True)
     s.add_argument("--vocab", help="vocabulary file: undo merges whose piece it lacks (fastBPE applybpe ... vocab)")
     s.set_defaults(func=cmd_bpe_apply)
+    s = bpe.add_parser("convert-codes", help="fastBPE codes ('left right count') -> codes that relm reads")
+    s.add_argument("--input", required=True, help="codes written by fastBPE learnbpe (e.g. a released model's)")
+    s.add_argument("--output", required=True, help="subword-nmt '#version: 0.2' codes, the same merges")
+    s.set_defaults(func=cmd_bpe_convert_codes)
 
     voc = sub.add_parser("vocab", help="vocabularies").add_subparsers(dest="vocab_command", required=True)
     s = voc.add_parser("count", help="count tokens (fastBPE getvocab order)")
@@ -310,7 +347,23 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import-xlm", help="convert an XLM / RE-LM checkpoint into relm's format (no code executed)")
     s.add_argument("input")
     s.add_argument("output")
+    s.add_argument("--vocab", help="the vocabulary file the checkpoint was trained with (fastBPE getvocab format): "
+                                   "its 14 + N ids must be the checkpoint's embedding rows and dictionary")
+    s.add_argument("--expect-model", metavar="JSON",
+                   help='architecture the checkpoint must have, e.g. \'{"dim": 1024, "n_layers": 6, "n_heads": 8, '
+                        '"pre_norm": false, "gelu": true}\' (keys may be config keys such as "model.dim")')
+    s.add_argument("--summary", help="write what was imported and checked (with sha256s) here as JSON")
+    s.add_argument("--origin", help="where the files came from, added to an error (the workflow names its config)")
+    s.add_argument("--kind", choices=("mlm", "unmt"), help="the kind of model the checkpoint must hold")
     s.set_defaults(func=cmd_import_xlm)
+
+    s = sub.add_parser("fetch-checkpoint", help="acquire a checkpoint file as it is: verified download or local link")
+    s.add_argument("--source", required=True, help='JSON: {"path": P[, "sha256": H]} or {"url": U, "sha256": H}')
+    s.add_argument("--out", required=True)
+    s.add_argument("--retries", type=int, default=5, help="download attempts after the first (default 5)")
+    s.add_argument("--retry-delay", type=float, default=2.0, help="back-off base in seconds (default 2)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry (default 60)")
+    s.set_defaults(func=cmd_fetch_checkpoint)
     return p
 
 

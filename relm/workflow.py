@@ -2,11 +2,12 @@
 `check_config`): the JSON schema, then what a schema cannot say. Every error is one line naming the config key."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import yaml
 
-from relm.config import TranslateConfig, check, from_dict
+from relm.config import ModelConfig, TranslateConfig, check, from_dict
 from relm.errors import ConfigError
 from relm.systems import SYSTEMS, mlm_settings, split_pair, unmt_settings
 
@@ -55,6 +56,7 @@ def check_config(config: dict, schema_file: str | Path) -> None:
             raise ConfigError(f"config key 'pairs': pair {pair!r} has the HMR language on both sides")
     check_synthetic(config)
     check_data(config)
+    check_pretrained(config)
     for pair in pairs:  # the stage sections must build their dataclasses (unknown keys are named)
         mlm_settings(config)
         for system in config["systems"]:
@@ -87,10 +89,11 @@ def check_synthetic(config: dict) -> None:
 
 
 def needed_corpora(config: dict) -> dict[str, list[str]]:
-    """data.<group>.<split>.<lang> keys the workflow reads: the HMR corpora, and per pair the LMR monolingual corpus
-    and the valid/test sets in both languages."""
+    """data.<group>.<split>.<lang> keys the workflow reads: the HMR corpora (the train corpus only with a released
+    MLM), and per pair the LMR monolingual corpus and the valid/test sets in both languages."""
     hmr = config["hmr"]
-    needed = {hmr: [f"{s}.{hmr}" for s in SPLITS]}
+    # the HMR valid/test sets only evaluate HMR pretraining, which a released MLM (`pretrained`) replaces
+    needed = {hmr: [f"train.{hmr}"] if config.get("pretrained") else [f"{s}.{hmr}" for s in SPLITS]}
     for pair in config["pairs"]:
         lmr, _ = split_pair(pair)
         needed[pair] = [f"train.{lmr}"] + [f"{s}.{lang}" for s in ("valid", "test") for lang in (lmr, hmr)]
@@ -115,3 +118,55 @@ def check_data(config: dict) -> None:
                                       f"languages {gen['hmr']} and {gen['lmr']}")
             if "path" in src and not Path(src["path"]).is_file():
                 raise ConfigError(f"config key 'data.{group}.{key}.path': file not found: {src['path']}")
+
+
+# --- starting from a released MLM (config `pretrained`) -----------------------------------------------------------
+
+PRETRAINED_FILES = ("checkpoint", "codes", "vocab")
+TRAINING_ONLY = ("dropout", "attention_dropout")  # model settings that are not the architecture of a checkpoint
+
+
+def hmr_mlm_systems(config: dict) -> list[str]:
+    """The systems of the config whose MLM stage starts from the HMR MLM (relm/systems.py: init "pretrain")."""
+    return [s for s in config["systems"] if SYSTEMS[s].init == "pretrain"]
+
+
+def _model_key(config: dict, system: str, name: str) -> str:
+    """The config key a model setting of `system`'s MLM stage comes from (the last layer that sets it)."""
+    for prefix, section in ((f"mlm_systems.{system}.", config.get("mlm_systems", {}).get(system, {})),
+                            ("mlm.", config.get("mlm", {})), ("", config)):
+        if name in (section.get("model") or {}):
+            return f"{prefix}model.{name}"
+    return f"model.{name}"
+
+
+def released_model_keys(config: dict) -> dict:
+    """{config key: value} of the architecture that every MLM stage starting from the HMR MLM asks for, e.g.
+    {"model.dim": 1024, "mlm_systems.relm_adapters.model.adapter_size": 256, ...}: what `relm import-xlm
+    --expect-model` checks the released checkpoint against (dropouts are training settings, not compared)."""
+    out = {}
+    for pair in config["pairs"]:
+        for system in hmr_mlm_systems(config):
+            model = from_dict(ModelConfig, mlm_settings(config, system, pair)["model"], "model.")
+            for f in dataclasses.fields(ModelConfig):
+                if f.name not in TRAINING_ONLY:
+                    out.setdefault(_model_key(config, system, f.name), getattr(model, f.name))
+    return out
+
+
+def check_pretrained(config: dict) -> None:
+    """The files of the `pretrained` block that are local must exist; the MLM stages that start from it must be
+    post-norm, as every XLM / RE-LM checkpoint is (XLM src/model/transformer.py: TransformerModel.fwd). The rest
+    (vocabulary = the checkpoint's dictionary, dimensions) needs the checkpoint: `relm import-xlm` checks it, in
+    the first job that reads it (rule import_released)."""
+    pretrained = config.get("pretrained")
+    if not pretrained:
+        return
+    for kind in PRETRAINED_FILES:
+        src = pretrained[kind]
+        if "path" in src and not Path(src["path"]).is_file():
+            raise ConfigError(f"config key 'pretrained.{kind}.path': file not found: {src['path']}")
+    for key, value in released_model_keys(config).items():
+        if key.endswith(".pre_norm") and value:
+            raise ConfigError(f"config key '{key}' is true, but the released MLM (pretrained.checkpoint) is "
+                              "post-norm, as every XLM / RE-LM checkpoint; set it to false")

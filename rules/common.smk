@@ -11,7 +11,7 @@ from relm.config import TranslateConfig, from_dict
 from relm.errors import ConfigError
 from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, mlm_langs, split_pair
 from relm.systems import mlm_settings, train_threads, unmt_langs, unmt_settings
-from relm.workflow import check_config
+from relm.workflow import check_config, released_model_keys
 
 min_version("9.0")
 
@@ -77,6 +77,52 @@ def system_vocab(wildcards):
 
 def codes_path(codes, pair):
     return f"data/{HMR}/codes.{HMR}" if codes == "hmr" else f"data/{pair}/codes.{pair}"
+
+
+# --- starting from a released MLM (config `pretrained`; rules in rules/mlm.smk) ---------------
+# The released checkpoint, imported and checked, is the HMR MLM; its codes and vocabulary are the HMR codes and
+# vocabulary (data/{hmr}/codes.{hmr}, data/{hmr}/vocab.{hmr}), so the HMR corpora are segmented and binarized with
+# them as with those of pretraining.
+
+RELEASED = bool(config.get("pretrained"))
+
+
+def hmr_mlm():
+    """The HMR MLM that the systems with init "pretrain" start from: rule pretrain's, or the released one."""
+    return f"models/{HMR}/released/model.pt" if RELEASED else f"models/{HMR}/mlm/model.pt"
+
+
+def released_summary():
+    """Written by rule import_released once the released files passed their checks."""
+    return f"models/{HMR}/released/import.json"
+
+
+def released_gate():
+    """Every MLM stage waits for the check of a released MLM, so that a mismatch stops the workflow before any
+    training job; ancient(): a new import does not make the stages that do not read it (XLM) out of date."""
+    return {"released_checked": ancient(released_summary())} if RELEASED else {}
+
+
+def released_source(kind):
+    """JSON of `pretrained.<kind>` for relm fetch / relm fetch-checkpoint."""
+    return json.dumps(config["pretrained"][kind], sort_keys=True)
+
+
+def released_local(kind):
+    """A local file of the `pretrained` block, as an input (a changed file is then acquired again)."""
+    src = config["pretrained"][kind]
+    return [src["path"]] if "path" in src else []
+
+
+def released_origin():
+    """Where the files that import_released checks came from, for its error message."""
+    src = {k: v.get("path", v.get("url")) for k, v in config["pretrained"].items()}
+    return f"config 'pretrained': checkpoint {src['checkpoint']}, vocab {src['vocab']}"
+
+
+def released_expect_model():
+    """JSON {config key: value} of the architecture the MLM stages starting from the HMR MLM ask for."""
+    return json.dumps(released_model_keys(config), sort_keys=True)
 
 
 # --- settings and launchers -------------------------------------------------------------------
@@ -219,10 +265,11 @@ def mlm_corpora(wildcards):
 
 
 def mlm_start(wildcards):
-    """The checkpoint a system's MLM stage starts from, and the vocabulary extension to apply to it."""
+    """The checkpoint a system's MLM stage starts from, and the vocabulary extension to apply to it; the other
+    systems wait for the check of a released MLM (released_gate)."""
     if SYSTEMS[wildcards.system].init == "pretrain":
-        return {"init": f"models/{HMR}/mlm/model.pt", "extension": ext_sidecar(wildcards.pair)}
-    return {}
+        return {"init": hmr_mlm(), "extension": ext_sidecar(wildcards.pair)}
+    return released_gate()
 
 
 def unmt_corpora(wildcards):
@@ -248,7 +295,7 @@ def source_codes(wildcards):
 
 
 def pair_metrics(pair):
-    runs = {"pretrain": f"models/{HMR}/mlm/metrics.jsonl"}
+    runs = {} if RELEASED else {"pretrain": f"models/{HMR}/mlm/metrics.jsonl"}  # a released MLM has no curve
     for system in config["systems"]:
         for stage in ("mlm", "unmt"):
             runs[f"{system}/{stage}"] = f"models/{pair}/{system}/{stage}/metrics.jsonl"
@@ -257,11 +304,12 @@ def pair_metrics(pair):
 
 def benchmark_files():
     """Label -> benchmark TSV for the stages worth a row in results/compute.md."""
-    files = {
-        f"tokenize {HMR} train": f"benchmarks/tokenize/{HMR}.train.{HMR}.tsv",
-        f"bpe learn {HMR}": f"benchmarks/bpe_learn_hmr/{HMR}.tsv",
-        f"pretrain {HMR}": f"benchmarks/pretrain/{HMR}.tsv",
-    }
+    files = {f"tokenize {HMR} train": f"benchmarks/tokenize/{HMR}.train.{HMR}.tsv"}
+    if RELEASED:
+        files[f"import {HMR} released MLM"] = f"benchmarks/import_released/{HMR}.tsv"
+    else:
+        files[f"bpe learn {HMR}"] = f"benchmarks/bpe_learn_hmr/{HMR}.tsv"
+        files[f"pretrain {HMR}"] = f"benchmarks/pretrain/{HMR}.tsv"
     for pair in PAIRS:
         lmr = lmr_of(pair)
         files[f"tokenize {pair} train.{lmr}"] = f"benchmarks/tokenize/{pair}.train.{lmr}.tsv"

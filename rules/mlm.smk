@@ -1,6 +1,6 @@
-# Masked-LM training: HMR pretraining (once per HMR), then each system's MLM stage (relm/systems.py says what it
-# trains and where it starts). Checkpoints live in the run directory next to the declared outputs: a killed or
-# timed-out job resumes.
+# Masked-LM training: HMR pretraining (once per HMR) or the import of a released HMR MLM (config `pretrained`),
+# then each system's MLM stage (relm/systems.py says what it trains and where it starts). Checkpoints live in the
+# run directory next to the declared outputs: a killed or timed-out job resumes.
 
 
 rule pretrain:
@@ -59,3 +59,93 @@ rule mlm:
     shell:
         "{params.relm} train mlm --run-dir {params.run_dir:q} --settings {params.settings:q} --vocab {input.vocab:q} "
         "{params.corpora} {params.start} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+# --- starting from a released MLM (config `pretrained`) -----------------------------------------------------------
+# The released checkpoint replaces HMR pretraining; its fastBPE codes (converted) and vocabulary become the HMR codes
+# and vocabulary (rules bpe_learn_hmr and vocab_hmr are not defined then). import_released checks the three files
+# against each other and against the config; every MLM stage waits for it (released_gate), so a mismatch stops the
+# workflow before any training job. The fetches and the check run first (priority).
+
+if RELEASED:
+
+    rule released_checkpoint:
+        input:
+            released_local("checkpoint"),
+        output:
+            f"data/{HMR}/released/checkpoint.pth",
+        params:
+            source=released_source("checkpoint"),
+        priority: 50
+        conda:
+            "../envs/relm.yaml"
+        log:
+            f"logs/released/{HMR}.checkpoint.log",
+        shell:
+            "relm fetch-checkpoint --source {params.source:q} --out {output:q} > {log:q} 2>&1"
+
+    rule released_codes_fetch:
+        input:
+            released_local("codes"),
+        output:
+            f"data/{HMR}/released/codes.fastbpe",
+        params:
+            source=released_source("codes"),
+        priority: 50
+        conda:
+            "../envs/relm.yaml"
+        log:
+            f"logs/released/{HMR}.codes.log",
+        shell:
+            "relm fetch --source {params.source:q} --out {output:q} > {log:q} 2>&1"
+
+    rule released_codes:
+        input:
+            f"data/{HMR}/released/codes.fastbpe",
+        output:
+            f"data/{HMR}/codes.{HMR}",
+        priority: 50
+        conda:
+            "../envs/relm.yaml"
+        log:
+            f"logs/released/{HMR}.convert-codes.log",
+        shell:
+            "relm bpe convert-codes --input {input:q} --output {output:q} > {log:q} 2>&1"
+
+    rule released_vocab:
+        input:
+            released_local("vocab"),
+        output:
+            f"data/{HMR}/vocab.{HMR}",
+        params:
+            source=released_source("vocab"),
+        priority: 50
+        conda:
+            "../envs/relm.yaml"
+        log:
+            f"logs/released/{HMR}.vocab.log",
+        shell:
+            "relm fetch --source {params.source:q} --out {output:q} > {log:q} 2>&1"
+
+    rule import_released:
+        input:
+            checkpoint=f"data/{HMR}/released/checkpoint.pth",
+            vocab=f"data/{HMR}/vocab.{HMR}",
+        output:
+            model=hmr_mlm(),
+            summary=released_summary(),
+        params:
+            expect=released_expect_model(),
+            origin=released_origin(),
+        priority: 50
+        resources:
+            mem_mb=lambda w, input: 2000 + 3 * int(input.size_mb),
+        conda:
+            "../envs/relm.yaml"
+        log:
+            f"logs/import_released/{HMR}.log",
+        benchmark:
+            f"benchmarks/import_released/{HMR}.tsv"
+        shell:
+            "relm import-xlm {input.checkpoint:q} {output.model:q} --kind mlm --vocab {input.vocab:q} "
+            "--expect-model {params.expect:q} --summary {output.summary:q} --origin {params.origin:q} > {log:q} 2>&1"

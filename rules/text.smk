@@ -21,21 +21,25 @@ rule tokenize:
         "{params.long_lines} > {log:q} 2>&1"
 
 
-rule bpe_learn_hmr:
-    input:
-        "data/{lang}/tok/train.{lang}",
-    output:
-        "data/{lang}/codes.{lang}",
-    params:
-        merges=config["bpe"]["hmr_merges"],
-    conda:
-        "../envs/relm.yaml"
-    log:
-        "logs/bpe_learn_hmr/{lang}.log",
-    benchmark:
-        "benchmarks/bpe_learn_hmr/{lang}.tsv"
-    shell:
-        "relm bpe learn --inputs {input:q} --codes {output:q} --merges {params.merges:q} > {log:q} 2>&1"
+# With a released MLM (config `pretrained`) its codes and vocabulary are the HMR ones: rules released_codes and
+# released_vocab in rules/mlm.smk write these files instead.
+if not RELEASED:
+
+    rule bpe_learn_hmr:
+        input:
+            "data/{lang}/tok/train.{lang}",
+        output:
+            "data/{lang}/codes.{lang}",
+        params:
+            merges=config["bpe"]["hmr_merges"],
+        conda:
+            "../envs/relm.yaml"
+        log:
+            "logs/bpe_learn_hmr/{lang}.log",
+        benchmark:
+            "benchmarks/bpe_learn_hmr/{lang}.tsv"
+        shell:
+            "relm bpe learn --inputs {input:q} --codes {output:q} --merges {params.merges:q} > {log:q} 2>&1"
 
 
 rule bpe_learn_joint:
@@ -73,17 +77,19 @@ rule bpe_apply:
         "relm bpe apply --codes {input.codes:q} --input {input.text:q} --output {output:q} {params.vocab} > {log:q} 2>&1"
 
 
-rule vocab_hmr:
-    input:
-        "data/{lang}/bpe-hmr/train.{lang}",
-    output:
-        "data/{lang}/vocab.{lang}",
-    conda:
-        "../envs/relm.yaml"
-    log:
-        "logs/vocab_hmr/{lang}.log",
-    shell:
-        "relm vocab count --inputs {input:q} --output {output:q} > {log:q} 2>&1"
+if not RELEASED:  # see bpe_learn_hmr
+
+    rule vocab_hmr:
+        input:
+            "data/{lang}/bpe-hmr/train.{lang}",
+        output:
+            "data/{lang}/vocab.{lang}",
+        conda:
+            "../envs/relm.yaml"
+        log:
+            "logs/vocab_hmr/{lang}.log",
+        shell:
+            "relm vocab count --inputs {input:q} --output {output:q} > {log:q} 2>&1"
 
 
 rule vocab_lmr:

@@ -1,7 +1,8 @@
 """BPE: learn codes with subword-nmt, apply them with our own cached applier (same output as subword-nmt's apply_bpe).
 
 RE-LM used fastBPE; subword-nmt implements the same algorithm (codes file: optional "#version: 0.2" line, then one
-"left right" merge per line, in merge order). Segmented words are joined with "@@ " as in both tools.
+"left right" merge per line, in merge order). Segmented words are joined with "@@ " as in both tools. Codes written
+by fastBPE (a released model's) are read after `convert_fastbpe_codes`.
 """
 from __future__ import annotations
 
@@ -158,3 +159,50 @@ def apply_file(codes: str | Path, inp: str | Path, out: str | Path, vocab: str |
     log(f"bpe: applied {codes}{f' restricted to {vocab}' if vocab else ''} to {inp} -> {out} ({n} lines, "
         f"{len(bpe.cache)} word types)")
     return n
+
+
+def convert_fastbpe_codes(inp: str | Path, out: str | Path, log: Callable = eprint) -> int:
+    """fastBPE codes (`fast learnbpe`: one "left right count" line per merge, in merge order) -> the subword-nmt
+    "#version: 0.2" codes that BPE reads (atomic write); returns the number of merges.
+
+    The two formats mean the same merges: fastBPE (fastBPE.hpp: tokenize_str, process_bpe) splits a word into
+    characters with "</w>" glued to the last one, which is subword-nmt's version 0.2 convention (0.1 makes "</w>" a
+    symbol of its own, so the header matters), and applies the merge of lowest rank first, every occurrence left to
+    right, as BPE.segment_word does. fastBPE (readCodes) refuses codes that repeat a merge or make the same piece
+    twice; so does this conversion. InputError names the line of anything else than "left right count" (e.g.
+    subword-nmt codes given by mistake)."""
+    try:
+        text = Path(inp).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{inp}: not UTF-8 ({e.reason} at byte {e.start}); not a codes file") from None
+    lines = text.replace("\r\n", "\n").rstrip("\n").split("\n") if text.strip() else []
+    if lines and lines[0].startswith("#version"):
+        raise InputError(f"{inp}:1: {lines[0]!r} is a subword-nmt header, not fastBPE codes ('left right count' "
+                         "lines); such codes are read as they are")
+    pairs: list[str] = []
+    seen: dict[tuple[str, str], int] = {}
+    made: dict[str, int] = {}
+    for lineno, line in enumerate(lines, 1):
+        fields = line.split(" ")
+        if len(fields) != 3 or not all(fields):
+            raise InputError(f"{inp}:{lineno}: expected fastBPE codes 'left right count', got {line!r}")
+        left, right, count = fields
+        if not count.isdigit():
+            raise InputError(f"{inp}:{lineno}: count {count!r} is not a non-negative integer")
+        if EOW in left or right == EOW or (EOW in right and not right.endswith(EOW)):
+            raise InputError(f"{inp}:{lineno}: {line!r}: '{EOW}' may only end the right symbol of a merge (fastBPE "
+                             "glues it to the last character of a word)")
+        if (left, right) in seen:
+            raise InputError(f"{inp}:{lineno}: merge {left!r} {right!r} repeats line {seen[left, right]}")
+        if left + right in made:
+            raise InputError(f"{inp}:{lineno}: merge {left!r} {right!r} makes {left + right!r}, as line "
+                             f"{made[left + right]} does")
+        seen[left, right] = made[left + right] = lineno
+        pairs.append(f"{left} {right}\n")
+    if not pairs:
+        raise InputError(f"{inp}: no merges (empty codes file); {out} not written")
+    with atomic_output(out) as f:
+        f.write("#version: 0.2\n")
+        f.writelines(pairs)
+    log(f"bpe: converted {len(pairs)} fastBPE merges {inp} -> {out} (subword-nmt #version: 0.2)")
+    return len(pairs)
