@@ -2,7 +2,8 @@
 
 A *system* is one way to get a UNMT model for an LMR-HMR pair, and one row of the results tables. Each goes through
 two training stages of its own, an MLM stage and a UNMT stage; the RE-LM systems start their MLM stage from the HMR
-MLM that the `pretrain` stage trains once per HMR. To add a system: one entry in SYSTEMS (and its test in
+MLM, which the `pretrain` stage trains once per HMR (or which is imported from a released checkpoint: the config's
+`pretrained` block). To add a system: one entry in SYSTEMS (and its test in
 tests/test_systems.py); the workflow, the config checks and the tables ask this module.
 
 Config sections (relm.config dataclasses, layered; the later one wins):
