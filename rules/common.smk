@@ -136,9 +136,14 @@ def gpus(kind):
     return int(config.get("gpus", {}).get(kind, 0))
 
 
-def relm_launcher(kind="train"):
-    """`relm`, or torchrun over k local GPUs for a multi-GPU training job."""
-    k = gpus(kind)
+def relm_launcher(wildcards, resources):
+    """How a training rule starts `relm`: under the launcher a site profile names in the job's `mpi` resource
+    (e.g. srun: one rank per SLURM task, over several nodes), with torchrun over `gpus.train` local GPUs, or plain."""
+    if resources.get("mpi"):
+        # The plugin's job step clears SLURM_* task settings from the rule's environment: say the geometry again.
+        tasks = f" --nodes={resources.get('nodes', 1)} --ntasks-per-node={resources.get('tasks_per_node', 1)}"
+        return f"{resources.mpi}{tasks if resources.mpi.split('/')[-1] == 'srun' else ''} relm"
+    k = gpus("train")
     return f"torchrun --standalone --nproc-per-node={k} -m relm.cli" if k > 1 else "relm"
 
 
@@ -146,6 +151,17 @@ def runtime(key):
     """SLURM minutes for a training rule; grows with each retry (attempt)."""
     base = int(config.get("runtime", {}).get(key, 240))
     return lambda wildcards, attempt: base * attempt
+
+
+def mem_mb(kind):
+    """Host memory (MB) of a GPU rule's job: config `mem_mb.<kind>`."""
+    return int(config.get("mem_mb", {}).get(kind, MEM_MB))
+
+
+MEM_MB = 16000
+# SLURM sends SIGTERM 300 s before a training job's time limit: the trainer writes its resume checkpoint and
+# exits 75 (relm/train/resume.py). Not USR1: it would kill the Snakemake process around the rule first.
+TRAIN_SIGNAL = "--signal=TERM@300"
 
 
 def translate_args():

@@ -12,6 +12,9 @@ rule translate:
         tok="results/{pair}/{system}/{split}.{src}-{tgt}.hyp.tok",
     params:
         settings=translate_args(),
+    resources:
+        gpu=gpus("translate"),
+        mem_mb=mem_mb("translate"),
     conda:
         "../envs/relm.yaml"
     log:

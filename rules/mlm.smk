@@ -13,12 +13,15 @@ rule pretrain:
         model="models/{lang}/mlm/model.pt",
         metrics="models/{lang}/mlm/metrics.jsonl",
     params:
-        relm=relm_launcher(),
+        relm=relm_launcher,
         run_dir="models/{lang}/mlm",
         settings=lambda w: settings_json(mlm_settings(config)),
     threads: train_threads(config)
     resources:
         runtime=runtime("pretrain"),
+        gpu=gpus("train"),
+        mem_mb=mem_mb("train"),
+        slurm_extra=TRAIN_SIGNAL,
     conda:
         "../envs/relm.yaml"
     log:
@@ -42,7 +45,7 @@ rule mlm:
         model="models/{pair}/{system}/mlm/model.pt",
         metrics="models/{pair}/{system}/mlm/metrics.jsonl",
     params:
-        relm=relm_launcher(),
+        relm=relm_launcher,
         run_dir="models/{pair}/{system}/mlm",
         settings=lambda w: settings_json(mlm_settings(config, w.system, w.pair)),
         corpora=lambda w: corpora_args(mlm_corpora(w)),
@@ -50,6 +53,9 @@ rule mlm:
     threads: train_threads(config)
     resources:
         runtime=runtime("mlm"),
+        gpu=gpus("train"),
+        mem_mb=mem_mb("train"),
+        slurm_extra=TRAIN_SIGNAL,
     conda:
         "../envs/relm.yaml"
     log:

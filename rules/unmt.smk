@@ -13,13 +13,16 @@ rule unmt:
         model="models/{pair}/{system}/unmt/model.pt",
         metrics="models/{pair}/{system}/unmt/metrics.jsonl",
     params:
-        relm=relm_launcher(),
+        relm=relm_launcher,
         run_dir="models/{pair}/{system}/unmt",
         settings=lambda w: settings_json(unmt_settings(config, w.system, w.pair)),
         corpora=lambda w: corpora_args(unmt_corpora(w)),
     threads: train_threads(config)
     resources:
         runtime=runtime("unmt"),
+        gpu=gpus("train"),
+        mem_mb=mem_mb("train"),
+        slurm_extra=TRAIN_SIGNAL,
     conda:
         "../envs/relm.yaml"
     log:

@@ -4,7 +4,7 @@ from workflow_utils import REPO
 
 def readme_commands():
     lines = (REPO / "README.md").read_text().splitlines()[:40]
-    return [ln.strip() for ln in lines if ln.strip().startswith("pip install")]
+    return [ln.strip() for ln in lines if ln.strip().startswith("python3 -m venv .venv && . .venv/bin/activate && ")]
 
 
 def test_readme_starts_with_demo_and_test_commands():

@@ -42,17 +42,16 @@ def flat(d, prefix=""):
 
 @pytest.mark.parametrize("name", PROFILES)
 def test_profile_is_read_by_snakemake(name):
-    """Snakemake's own profile reader turns the file into command-line settings."""
+    """Snakemake's own profile reader turns the file into command-line settings; what a job needs (GPUs, memory,
+    the checkpoint signal) is the workflow's (rule resources from the config), not the profiles'."""
     ProfileConfigFileParser = pytest.importorskip("snakemake.profiles").ProfileConfigFileParser
 
     with open(PROFILES[name] / "config.yaml") as f:
         args = ProfileConfigFileParser().parse(f)
-    for rule in GPU_RULES:
-        assert f"{rule}:gpu=1" in args["set-resources"]
+    assert not [r for r in args.get("set-resources", []) if ":gpu=" in r or ":slurm_extra=" in r]
     if name != "local":
         assert args["executor"] == "slurm"
-        for rule in TRAIN_RULES:
-            assert f"{rule}:slurm_extra='--signal=TERM@300'" in args["set-resources"]
+        assert args["slurm-requeue"] in (True, "True", "true")  # SLURM requeues pre-empted jobs itself
 
 
 def test_test_profile_differs_from_site_profile_only_where_allowed():
@@ -69,24 +68,56 @@ def test_site_profile_is_found_from_repo_root():
     assert load(SITE_PROFILE)["retries"] >= 1  # pre-empted training jobs resume on a retry
 
 
-@pytest.mark.parametrize("name", PROFILES)
-def test_profile_dry_run(name, tmp_path):
-    (tmp_path / "Snakefile").write_text(textwrap.dedent("""
-        rule all:
-            input: "a.txt", "b.txt"
-        rule pretrain:
-            output: "a.txt"
-            shell: "touch {output}"
-        rule prep:
-            output: "b.txt"
-            shell: "touch {output}"
-        """))
-    r = run_snakemake(tmp_path, "-n", profile=PROFILES[name], timeout=120)
-    assert r.returncode == 0, r.stdout
-    pretrain = r.stdout.split("rule pretrain:")[1].split("\n\n")[0]
-    prep = r.stdout.split("rule prep:")[1].split("\n\n")[0]
-    assert "gpu=1" in pretrain and "gpu=" not in prep
-    assert ("slurm_extra=--signal=TERM@300" in pretrain) == (name != "local")
+SITE_KEYS = """\
+default-resources:  # replaces the shipped profile's default-resources as a whole: repeat runtime and mem_mb
+  runtime: 180
+  mem_mb: 6000
+  slurm_partition: "'batch'"
+  slurm_account: "'nlp'"
+set-resources:
+  pretrain: &gpu
+    gpu_model: "'a100'"
+  mlm: *gpu
+  unmt: *gpu
+  translate: *gpu
+"""
+
+
+def planned_resources(out):
+    """{rule: [resources line of each planned job]} from a dry run's output."""
+    plan = {}
+    for block in out.split("\nrule ")[1:]:
+        rule = block.split(":", 1)[0].strip()
+        line = next((ln for ln in block.splitlines() if ln.strip().startswith("resources:")), "")
+        plan.setdefault(rule, []).append(dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+                                         if line else {})
+    return plan
+
+
+def test_shipped_profile_combines_with_a_site_profile(tmp_path):
+    """`--profile slurm --profile <site>`: the site's partition, account and GPU model join what the workflow
+    asks for (GPUs and memory from the config, the checkpoint signal); the shipped profile's own keys stay."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "config.yaml").write_text(SITE_KEYS)
+    cfg = tmp_path / "gpus.yaml"
+    cfg.write_text("gpus: {train: 2, translate: 1}\nmem_mb: {train: 30000}\n")
+    r = subprocess.run([PY, "-m", "snakemake", "all", "--profile", str(SITE_PROFILE), "--profile", str(site),
+                        "--configfile", str(REPO / "config" / "config.yaml"), str(cfg), "-n", "-d",
+                        str(tmp_path / "wd")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    plan = planned_resources(r.stdout)
+    for rule in TRAIN_RULES:
+        for res in plan[rule]:
+            assert (res["gpu"], res["mem_mb"], res["gpu_model"]) == ("2", "30000", "a100"), (rule, res)
+            assert res["slurm_extra"] == "--signal=TERM@300" and res["slurm_partition"] == "batch", res
+    for res in plan["translate"]:
+        assert (res["gpu"], res["mem_mb"], res["gpu_model"]) == ("1", "16000", "a100"), res
+    for rule in ("tokenize", "bpe_learn_joint", "score"):
+        for res in plan[rule]:
+            assert "gpu" not in res and "gpu_model" not in res, (rule, res)
+            assert (res["slurm_partition"], res["slurm_account"], res["mem_mb"]) == ("batch", "nlp", "6000"), res
+    assert "torchrun --standalone --nproc-per-node=2" in r.stdout  # 2 GPUs per training job: torchrun
 
 
 # --- the cluster ----------------------------------------------------------------------------------------
@@ -159,7 +190,7 @@ def test_signal_reaches_the_job_steps(slurm_cluster, tmp_path):
 
 @pytest.mark.slurm
 def test_snakemake_cpu_and_gpu_jobs_go_through_sbatch(slurm_cluster, tmp_path):
-    """A CPU rule and a GPU rule (`unmt`: gpu=1 from the profile) run as SLURM jobs."""
+    """A CPU rule and a GPU rule (gpu=1) run as SLURM jobs."""
     (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
         ENV = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
         rule all:
@@ -169,6 +200,7 @@ def test_snakemake_cpu_and_gpu_jobs_go_through_sbatch(slurm_cluster, tmp_path):
             shell: "{PY} -c \\"{{ENV}}\\" {{output}}"
         rule unmt:
             output: "gpu.json"
+            resources: gpu=1
             shell: "{PY} -c \\"{{ENV}}\\" {{output}}"
         """))
     t0 = time.monotonic()
@@ -195,6 +227,7 @@ def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
     (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
         rule pretrain:
             output: "model.txt"
+            resources: gpu=1
             shell: "{PY} trainer.py {{output}}"
         """))
     sm = run_snakemake(tmp_path, timeout=600, background=True)
@@ -211,3 +244,31 @@ def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
     jobs = slurm_logs(tmp_path)["pretrain"]
     assert len(jobs) == 2
     assert [job_info(j)["JobState"] for j in sorted(jobs, key=int)] == ["FAILED", "COMPLETED"]
+
+
+@pytest.mark.slurm
+def test_requeued_training_job_resumes_in_the_same_slurm_job(slurm_cluster, tmp_path):
+    """Pre-emption with requeue (the profiles' `slurm-requeue: true`, sbatch --requeue): SLURM stops the running job
+    with SIGTERM and queues it again under the same job id; Snakemake keeps waiting (no retry of its own) and the
+    job's second run resumes from the checkpoint written at the signal."""
+    (tmp_path / "trainer.py").write_text(TRAINER)
+    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
+        rule pretrain:
+            output: "model.txt"
+            resources: gpu=1
+            shell: "{PY} trainer.py {{output}}"
+        """))
+    sm = run_snakemake(tmp_path, timeout=600, background=True)
+    try:
+        wait_for_path(tmp_path / "model.txt.started", 90)
+        (job,) = slurm_logs(tmp_path)["pretrain"]
+        subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
+        status = stop_snakemake(sm, timeout=500)
+    finally:
+        stop_snakemake(sm, timeout=0)  # still running only if something above failed
+    assert status == 0, (tmp_path / "snakemake.out").read_text()
+    assert (tmp_path / "model.txt").read_text() == "resumed after SIGTERM"
+    assert (tmp_path / "model.txt.started").read_text().splitlines() == ["0 None", "0 SIGTERM"]
+    assert list(slurm_logs(tmp_path)["pretrain"]) == [job]  # one SLURM job: SLURM's requeue, not a Snakemake retry
+    info = job_info(job)
+    assert (info["JobState"], info["Restarts"], info["Requeue"]) == ("COMPLETED", "1", "1"), info

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 PAIR = "lx-hx"
 TRAIN_RULES = ["pretrain", "mlm", "unmt"]
-GPU_RULES = {*TRAIN_RULES, "translate"}  # gpu=1 in the profile
+GPU_RULES = {*TRAIN_RULES, "translate"}  # gpu=1: the config's `gpus` (slurm_config)
 RESULTS = ["results/scores.tsv", "results/bleu.md", "results/bleu.tex", "results/bleu.png", "results/compute.md",
            f"results/{PAIR}/scores.tsv", f"results/{PAIR}/curves.png"]
 FULL = os.environ.get("RELM_SLURM_FULL_WORKFLOW", "") not in ("", "0")
@@ -49,6 +49,11 @@ BEFORE_CHECKPOINT = Counter(synth=1, fetch=8, check_parallel=2, tokenize=8, bpe_
 GROUPS = ["--groups", "translate=eval", "score=eval", "tables=report", "pair_tables=report", "bars=report",
           *([] if FULL else ["binarize=bin"]),
           "--group-components", "report=10", *([] if FULL else ["bin=3"]), "--cores", "1"]
+
+
+def slurm_config(**overrides):
+    """The tiny demo config as the SLURM tests run it: one (pretend) GPU per training and translation job."""
+    return {**tiny_config(), "gpus": {"train": 1, "translate": 1}, **overrides}
 
 
 def output_files(wd):
@@ -101,7 +106,7 @@ def test_demo_workflow_through_slurm(slurm_cluster, tiny_run, tmp_path):
     rules get a GPU and still train on the CPU, the final tables and plots appear, and the outputs are the files
     of the local run."""
     local_wd, _ = tiny_run
-    cfg = write_config(tmp_path / "tiny.yaml", tiny_config())
+    cfg = write_config(tmp_path / "tiny.yaml", slurm_config())
     expected = FROM_CHECKPOINT + BEFORE_CHECKPOINT if FULL else FROM_CHECKPOINT
     if not FULL:
         seed_before_checkpoint(local_wd, tmp_path)
@@ -182,6 +187,33 @@ def test_mlm_training_with_two_slurm_tasks(slurm_cluster, tiny_run, tmp_path):
     assert [r["iterators"]["mlm:hx"]["pos"] for r in ranks] == [steps, steps]
 
 
+def test_pretrain_rule_over_two_slurm_tasks_through_the_plugin(slurm_cluster, tiny_run, tmp_path):
+    """Several tasks (and nodes) per training job through the plugin's own fields, in a site profile added after the
+    shipped one: `tasks_per_node: 2` and `mpi: srun` make the rule start `srun relm train mlm` inside one SLURM job
+    of two tasks, and the two ranks train one model (DDP, gloo on the CPU)."""
+    local_wd, _ = tiny_run
+    steps = 20
+    cfg = tiny_config()
+    cfg["pretrain"]["run"].update(max_steps=steps, checkpoint_every=10, stopping_criterion="")
+    cfg = write_config(tmp_path / "ranks.yaml", cfg)
+    for d in ("data", "benchmarks"):
+        shutil.copytree(local_wd / d, tmp_path / d)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "config.yaml").write_text("set-resources:\n  pretrain:\n    tasks_per_node: 2\n    mpi: \"'srun'\"\n"
+                                      "    mem_mb: 1000\n")
+    r = run_snakemake(tmp_path, "models/hx/mlm/model.pt", "--profile", site, "-s", SNAKEFILE, "--configfile", cfg,
+                      "--forcerun", "pretrain", timeout=600, env={"CUDA_VISIBLE_DEVICES": None})
+    assert r.returncode == 0, tail(r.stdout)
+    assert "srun --nodes=1 --ntasks-per-node=2 relm train mlm" in r.stdout
+    (job,) = slurm_logs(tmp_path)["pretrain"]
+    info = job_info(job)
+    assert (info["JobState"], info["NumTasks"]) == ("COMPLETED", "2"), info
+    log = (tmp_path / "logs/pretrain/hx.log").read_text()
+    assert "device cpu, world 2," in log and f"max_steps {steps} reached" in log, tail(log)
+    assert json.loads((tmp_path / "models/hx/mlm/metrics.jsonl").read_text().splitlines()[-1])["step"] == steps
+
+
 # --- pre-emption --------------------------------------------------------------------------------------------------
 
 
@@ -191,7 +223,7 @@ def test_preempted_pretraining_resumes_on_snakemake_retry(slurm_cluster, tiny_ru
     the second job resumes from that checkpoint and trains to the configured last step."""
     local_wd, _ = tiny_run
     steps = 300  # about 10 s of training here: the signal (0.2 s after the first checkpoint) comes well before
-    cfg = tiny_config()
+    cfg = slurm_config()
     cfg["pretrain"]["run"].update(max_steps=steps, checkpoint_every=10, stopping_criterion="")
     cfg = write_config(tmp_path / "long.yaml", cfg)
     for d in ("data", "benchmarks"):
