@@ -137,12 +137,12 @@ def gpus(kind):
 
 
 def relm_launcher(wildcards, resources):
-    """How a training rule starts `relm`: under the launcher a site profile names in the job's `mpi` resource
-    (e.g. srun: one rank per SLURM task, over several nodes), with torchrun over `gpus.train` local GPUs, or plain."""
+    """The command that starts `relm` in a training job. Under the launcher a site profile names in the job's `mpi`
+    resource (e.g. srun: one rank per SLURM task, over several nodes), torchrun over `gpus.train` local GPUs, or plain."""
     if resources.get("mpi"):
         # The plugin's job step clears SLURM_* task settings from the rule's environment: say the geometry again.
         tasks = f" --nodes={resources.get('nodes', 1)} --ntasks-per-node={resources.get('tasks_per_node', 1)}"
-        return f"{resources.mpi}{tasks if resources.mpi.split('/')[-1] == 'srun' else ''} relm"
+        return f"{resources.mpi}{tasks if Path(resources.mpi).name == 'srun' else ''} relm"
     k = gpus("train")
     return f"torchrun --standalone --nproc-per-node={k} -m relm.cli" if k > 1 else "relm"
 

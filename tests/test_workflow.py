@@ -1,4 +1,6 @@
 """The workflow itself: lint, dry runs of every target, configuration errors that name the key."""
+import textwrap
+
 import pytest
 
 from workflow_utils import REPO, demo_config, snakemake, tiny_config, write_config
@@ -114,6 +116,12 @@ def test_documented_command_lines_plan(tmp_path, command):
     import sys
 
     args = shlex.split(command)[1:]
+    if "~/my-cluster" in args:  # the README's example of a site profile, as a user would write it
+        readme = (REPO / "README.md").read_text().split("with, e.g., `~/my-cluster/config.yaml`:\n\n")[1]
+        block = readme.split("\n\n")[0]
+        (tmp_path / "my-cluster").mkdir()
+        (tmp_path / "my-cluster" / "config.yaml").write_text(textwrap.dedent(block) + "\n")
+        args = [str(tmp_path / "my-cluster") if a == "~/my-cluster" else a for a in args]
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args, "-n", "-d", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
