@@ -2,9 +2,10 @@
 
 Every Snakemake rule calls exactly one of these, so the whole pipeline also runs by hand:
 
-    relm synth | fetch | tokenize | bpe learn | bpe apply | vocab count | vocab extend | binarize
+    relm synth | fetch | clean | tokenize | bpe learn | bpe apply | vocab count | vocab extend | binarize
     relm train mlm | train unmt | translate | score | tables | plots | compute
     relm fetch-checkpoint | bpe convert-codes | import-xlm    (starting from a released MLM)
+    relm lock                                                 (the data lock, for publication)
 """
 from __future__ import annotations
 
@@ -50,8 +51,21 @@ def cmd_fetch(a):
         raise ValueError(f"--source is not JSON ({e}): {a.source!r}") from None
     if not isinstance(source, dict):
         raise ValueError(f"--source must be a JSON object, got {a.source!r}")
+    mirrors = json.loads(a.mirrors) if a.mirrors else {}
     fetch(source, a.out, lines=a.lines or None, seed=a.seed, retries=a.retries, timeout=a.timeout,
-          retry_delay=a.retry_delay, log=log)
+          retry_delay=a.retry_delay, log=log, lock=a.lock, mirrors=mirrors)
+
+
+def cmd_clean(a):
+    from relm.text.fetch import remove_eval_lines
+
+    remove_eval_lines(a.train, a.exclude, a.out, log=log)
+
+
+def cmd_lock(a):
+    from relm.text.fetch import format_lock
+
+    sys.stdout.write(format_lock(a.lock, a.format))
 
 
 def cmd_tokenize(a):
@@ -213,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("fetch", help="acquire a corpus: local copy or verified download, optional sampling")
-    s.add_argument("--source", required=True, help='JSON: {"path": P} or {"url": U, "sha256": H}')
+    s.add_argument("--source", required=True, help='JSON: {"path": P}, {"url": U[, "sha256": H]} or {"urls": [...]}')
     s.add_argument("--out", required=True)
     s.add_argument("--lines", type=int, default=0, help="deterministic sample of this many lines (0 = all)")
     s.add_argument("--seed", type=int, default=0)
@@ -221,7 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-delay", type=float, default=2.0,
                    help="back-off base in seconds, doubled per attempt, jittered; Retry-After wins (default 2)")
     s.add_argument("--timeout", type=float, default=60.0, help="seconds without data before a retry (default 60)")
+    s.add_argument("--lock", help="lock file: URLs without a sha256 are checked against it or recorded in it")
+    s.add_argument("--mirrors", help='JSON {"URL prefix": "replacement"}: download from there instead')
     s.set_defaults(func=cmd_fetch)
+
+    s = sub.add_parser("clean", help="remove the lines of valid/test sets from a train corpus")
+    s.add_argument("--train", required=True)
+    s.add_argument("--exclude", nargs="+", required=True, help="valid/test files whose lines are removed")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_clean)
+
+    s = sub.add_parser("lock", help="print the data lock (sha256, bytes, url of every locked download)")
+    s.add_argument("--lock", default="data.lock")
+    s.add_argument("--format", choices=["tsv", "md"], default="tsv")
+    s.set_defaults(func=cmd_lock)
 
     s = sub.add_parser("tokenize", help="Moses normalization and tokenization (sacremoses)")
     s.add_argument("--input", required=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import yaml
@@ -118,6 +119,14 @@ def check_data(config: dict) -> None:
                                       f"languages {gen['hmr']} and {gen['lmr']}")
             if "path" in src and not Path(src["path"]).is_file():
                 raise ConfigError(f"config key 'data.{group}.{key}.path': file not found: {src['path']}")
+            if "token_env" in src and not os.environ.get(src["token_env"]):
+                raise ConfigError(f"config key 'data.{group}.{key}.token_env': environment variable "
+                                  f"{src['token_env']} is not set (the token of this download)")
+            if key.split(".")[0] != "train":
+                for opt in ("dedup", "drop_blank"):
+                    if src.get(opt):
+                        raise ConfigError(f"config key 'data.{group}.{key}.{opt}': only for train corpora (it would "
+                                          "break the line alignment of a parallel set)")
 
 
 # --- starting from a released MLM (config `pretrained`) -----------------------------------------------------------

@@ -194,8 +194,18 @@ def all_targets():
 # --- input functions of rules/data.smk --------------------------------------------------------
 
 
+LOCK = config.get("lock", "data.lock")
+
+
 def source_of(wildcards):
-    return config["data"][wildcards.group][f"{wildcards.split}.{wildcards.lang}"]
+    return config["data"][wildcards.group][f"{wildcards.get('split', 'train')}.{wildcards.lang}"]
+
+
+def eval_sides(wildcards):
+    """The valid/test files whose lines are removed from a train corpus: of its pair, or (HMR) of every pair."""
+    groups = [wildcards.group] if "-" in wildcards.group else [wildcards.group, *PAIRS]
+    return [f"data/{group}/raw/{split}.{wildcards.lang}" for group in groups for split in ("valid", "test")
+            if f"{split}.{wildcards.lang}" in config["data"].get(group, {})]
 
 
 def fetch_inputs(wildcards):
@@ -212,7 +222,7 @@ def fetch_source(wildcards, input):
     src = dict(source_of(wildcards))
     src.pop("lines", None)
     if "synthetic" in src:
-        src = {"path": f"{input.src}/{wildcards.split}.{wildcards.lang}"}
+        src = {"path": f"{input.src}/{wildcards.get('split', 'train')}.{wildcards.lang}"}
     return json.dumps(src, sort_keys=True)
 
 

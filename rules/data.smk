@@ -20,21 +20,66 @@ rule synth:
         "--settings {params.settings:q} > {log:q} 2>&1"
 
 
+# Downloads run in the Snakemake process itself (on a cluster: the login node), so compute nodes may be offline.
+localrules:
+    fetch,
+    fetch_train,
+
+
 rule fetch:
     input:
         unpack(fetch_inputs),
     output:
         "data/{group}/raw/{split}.{lang}",
+    wildcard_constraints:
+        split="valid|test",
     params:
         source=fetch_source,
         lines=lambda w: source_of(w).get("lines", 0),
         seed=config.get("seed", 0),
+        lock=LOCK,
+        mirrors=json.dumps(config.get("mirrors", {}), sort_keys=True),
     conda:
         "../envs/relm.yaml"
     log:
         "logs/fetch/{group}.{split}.{lang}.log",
     shell:
-        "relm fetch --source {params.source:q} --out {output:q} --lines {params.lines:q} --seed {params.seed:q} > {log:q} 2>&1"
+        "relm fetch --source {params.source:q} --out {output:q} --lines {params.lines:q} --seed {params.seed:q} "
+        "--lock {params.lock:q} --mirrors {params.mirrors:q} > {log:q} 2>&1"
+
+
+rule fetch_train:
+    input:
+        unpack(fetch_inputs),
+    output:
+        temp("data/{group}/raw/fetched/train.{lang}"),
+    params:
+        source=fetch_source,
+        lines=lambda w: source_of(w).get("lines", 0),
+        seed=config.get("seed", 0),
+        lock=LOCK,
+        mirrors=json.dumps(config.get("mirrors", {}), sort_keys=True),
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/fetch/{group}.train.{lang}.log",
+    shell:
+        "relm fetch --source {params.source:q} --out {output:q} --lines {params.lines:q} --seed {params.seed:q} "
+        "--lock {params.lock:q} --mirrors {params.mirrors:q} > {log:q} 2>&1"
+
+
+rule clean:
+    input:
+        train="data/{group}/raw/fetched/train.{lang}",
+        exclude=eval_sides,
+    output:
+        "data/{group}/raw/train.{lang}",
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/clean/{group}.{lang}.log",
+    shell:
+        "relm clean --train {input.train:q} --exclude {input.exclude:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule check_parallel:

@@ -75,6 +75,11 @@ rule mlm:
 
 if RELEASED:
 
+    localrules:
+        released_checkpoint,
+        released_codes_fetch,
+        released_vocab,
+
     rule released_checkpoint:
         input:
             released_local("checkpoint"),

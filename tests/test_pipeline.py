@@ -62,7 +62,7 @@ def test_xlm_uses_joint_vocabulary(run):
 def test_every_rule_logged(run):
     wd, _, _ = run
     logs = {p.parent.name for p in (wd / "logs").rglob("*.log")}
-    assert {"synth", "fetch", "tokenize", "bpe_learn_hmr", "bpe_learn_joint", "bpe_apply", "vocab_hmr",
+    assert {"synth", "fetch", "clean", "tokenize", "bpe_learn_hmr", "bpe_learn_joint", "bpe_apply", "vocab_hmr",
             "vocab_lmr", "vocab_joint", "extend_vocab", "binarize"} <= logs
 
 

@@ -37,7 +37,8 @@ FULL = os.environ.get("RELM_SLURM_FULL_WORKFLOW", "") not in ("", "0")
 # Jobs per rule of the tiny demo (one pair, three systems): from the extend_vocab checkpoint on, and before it.
 FROM_CHECKPOINT = Counter(extend_vocab=1, binarize=5, pretrain=1, mlm=3, unmt=3, translate=6,
                           score=6, tables=1, pair_tables=1, curves=1, bars=1, compute=1)
-BEFORE_CHECKPOINT = Counter(synth=1, fetch=8, check_parallel=2, tokenize=8, bpe_learn_hmr=1, bpe_learn_joint=1, bpe_apply=11,
+# (fetch and fetch_train, 6 and 2 jobs, are local rules: they run in the Snakemake process, not as SLURM jobs.)
+BEFORE_CHECKPOINT = Counter(synth=1, check_parallel=2, clean=2, tokenize=8, bpe_learn_hmr=1, bpe_learn_joint=1, bpe_apply=11,
                             vocab_hmr=1, vocab_lmr=1, vocab_joint=1, binarize=9)
 # Small rules in group jobs (fewer Snakemake starts and status checks). The slurm-jobstep executor runs a group's
 # jobs one after another (--jobs 1), and SLURM is asked for what the group's jobs need side by side, within

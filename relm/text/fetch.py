@@ -11,7 +11,13 @@ anew. Content that is still compressed or an archive after unpacking (a name tha
 an error too, unless the source sets its "format".
 
 The output is normalized text: LF line ends (CRLF and bare CR become LF) and a final newline. A source without any
-text is an error; nothing is written then.
+text is an error; nothing is written then. A source may list several URLs (`urls`): they are concatenated in order;
+`drop_blank` drops empty lines (CC-100 separates documents by them) and `dedup` keeps the first of repeated lines,
+both before sampling. A URL without a sha256 in the config is checked against the lock file (data.lock), or recorded
+there on its first download: a file that changes upstream is then an error, never a silent change. `mirrors`
+rewrite URL prefixes (a local copy); `token_env` names the environment variable of a bearer token (gated hubs).
+
+Train corpora are cleaned of the lines of the valid/test sets (remove_eval_lines, `relm clean`).
 
 Sampling (`lines`): line i of the source gets the key splitmix64(mix(seed) + i * golden) and the `lines` lines with
 the smallest keys are kept, in their original order. The keys are distinct, so the sample is exactly `lines` lines,
@@ -21,13 +27,16 @@ block of keys, never for the corpus.
 """
 from __future__ import annotations
 
-import email.utils
 import bz2
+import email.utils
+import fcntl
+import hashlib
 import gzip
 import http.client
 import io
 import itertools
 import lzma
+import os
 import random
 import tarfile
 import time
@@ -42,7 +51,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from relm.errors import InputError, eprint
-from relm.files import CHUNK, atomic_output, sha256_file
+from relm.files import CHUNK, atomic_output, atomic_write_text, sha256_file
 
 FORMATS = ("plain", "gz", "xz", "bz2", "zip", "tar", "tar.gz", "tar.xz", "tar.bz2")
 ARCHIVES = ("zip", "tar", "tar.gz", "tar.xz", "tar.bz2")
@@ -126,11 +135,14 @@ def _copy_body(resp, part: Path, mode: str, start: int, total: int | None, url: 
     return got
 
 
-def _attempt(url: str, part: Path, want: str, timeout: float, log: Callable, progress_bytes: int) -> bool:
+def _attempt(url: str, part: Path, want: str | None, timeout: float, log: Callable, progress_bytes: int,
+             headers: dict | None = None) -> bool:
     """One request. True: `part` is complete as far as the server says (the caller checks the sha256).
     Raises _Retry for failures worth another attempt and InputError for the others."""
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    for key, value in (headers or {}).items():  # not sent on to where a redirect points (a token stays with its host)
+        req.add_unredirected_header(key, value)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             mode, start = ("ab", have) if have else ("wb", 0)
@@ -153,7 +165,7 @@ def _attempt(url: str, part: Path, want: str, timeout: float, log: Callable, pro
                 if start + got < total:  # http.client does not raise on a short body itself
                     raise http.client.IncompleteRead(b"", total - start - got)
                 return True
-            if got == 0 or sha256_file(part) == want:
+            if got == 0 or want is None or sha256_file(part) == want:
                 return True
             # No length: a body cut short looks like a complete one. The checksum says it is not: ask for the rest.
             raise _Retry(f"the body ended after {start + got} bytes (no Content-Length) and does not match the "
@@ -174,13 +186,15 @@ def _attempt(url: str, part: Path, want: str, timeout: float, log: Callable, pro
         raise _Retry(repr(e.reason if isinstance(e, urllib.error.URLError) else e)) from None
 
 
-def _download(url: str, part: Path, want: str, retries: int, timeout: float, retry_delay: float, log: Callable,
-              progress_bytes: int = PROGRESS_BYTES) -> None:
-    """Download `url` into `part` until it matches sha256 `want`, resuming what is already there."""
+def _download(url: str, part: Path, want: str | None, retries: int, timeout: float, retry_delay: float, log: Callable,
+              progress_bytes: int = PROGRESS_BYTES, headers: dict | None = None, name: str | None = None) -> None:
+    """Download `url` into `part` until it matches sha256 `want` (None: until the server's length is reached; the
+    caller checks the lock), resuming what is already there. `name` is the URL as the config has it (mirrors)."""
+    name = name or url
     jitter = random.Random()
     for attempt in range(retries + 1):
         try:
-            if _attempt(url, part, want, timeout, log, progress_bytes):
+            if _attempt(url, part, want, timeout, log, progress_bytes, headers):
                 break
         except _Retry as e:
             got = part.stat().st_size if part.exists() else 0
@@ -198,10 +212,9 @@ def _download(url: str, part: Path, want: str, retries: int, timeout: float, ret
                     delay = e.wait
             log(f"fetch: {url}: {e} after {got} bytes; retrying in {delay:.3g} s (attempt {attempt + 2}/{retries + 1})")
             time.sleep(delay)
-    got = sha256_file(part)
-    if got != want:
+    if want is not None and (got := sha256_file(part)) != want:
         part.unlink()
-        raise InputError(f"checksum mismatch for {url}: expected sha256 {want}, got {got}; download removed")
+        raise InputError(f"checksum mismatch for {name}: expected sha256 {want}, got {got}; download removed")
 
 
 # --- unpacking ----------------------------------------------------------------------------------------------------
@@ -328,16 +341,6 @@ def _open_text(path: Path, fmt: str, member: str | None, name: str, sniff: bool 
         yield io.BufferedReader(_Text(f, compressed=fmt != "plain"), CHUNK)
 
 
-def _scan(path: Path, fmt: str, member: str | None, name: str, sniff: bool) -> tuple[int, bool]:
-    """(number of lines, whether any line has text) of the payload."""
-    n, text = 0, False
-    with _open_text(path, fmt, member, name, sniff) as src:
-        while block := src.read(CHUNK):
-            n += block.count(b"\n")
-            text = text or bool(block.strip())
-    return n, text
-
-
 # --- sampling -----------------------------------------------------------------------------------------------------
 
 _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -402,82 +405,255 @@ def fetch(
     retry_delay: float = 2.0,
     log: Callable = eprint,
     progress_bytes: int = PROGRESS_BYTES,
+    lock: str | Path | None = None,
+    mirrors: dict | None = None,
 ) -> Path:
     """Materialize `source` as the plain text file `out` (written atomically, LF line ends, final newline).
 
-    source: {"path": p} (a local file) or {"url": u, "sha256": h} (downloaded to `{out}.part`, resumed on re-runs,
-    checked against h before anything else happens); optional "sha256" for local files too, "member" for .zip and
-    tar archives, and "format" (one of FORMATS) where the name does not tell (default: from the file name's ending;
-    content that is compressed or an archive then is an error, while a "format" given is trusted).
-    lines: keep a deterministic sample of this many lines (see the module docstring; original order kept).
+    source: {"path": p}, {"url": u[, "sha256": h]} or {"urls": [u or {"url", "sha256", "format", "member"}, ...]}
+    (downloaded to `{out}.part[N]`, resumed on re-runs, checked before anything else happens, concatenated in
+    order); optional "sha256" for local files too, "member" for .zip and tar archives, "format" (one of FORMATS)
+    where the name does not tell (default: from the file name's ending; content that is compressed or an archive
+    then is an error, while a "format" given is trusted); "drop_blank" (drop empty lines), "dedup" (keep the first
+    of repeated lines: 8 bytes per line for its hash, ~24 during the sort), "token_env" (a bearer token for the
+    downloads, read from that environment variable, never logged or written).
+    lines: keep a deterministic sample of this many lines, after drop_blank and dedup (see the module docstring).
+    lock: the lock file: a URL without a sha256 in `source` is checked against it, or recorded in it.
+    mirrors: {URL prefix: replacement}: where to download from instead (checksums and lock keep the URL).
     retries, retry_delay: attempts after the first, and the back-off base in seconds (doubled per attempt).
     """
     out = Path(out)
-    if "url" in source:
-        payload, name = None, source["url"]
-        if not source.get("sha256"):
-            raise InputError(f"source {name} needs a 'sha256' checksum")
-    elif "path" in source:
-        payload = Path(source["path"])
-        name = str(payload)
-    else:
-        raise InputError(f"source needs 'path' or 'url' (got keys {sorted(source)})")
-    fmt = source.get("format") or _payload_format(name.split("?")[0])
-    sniff = "format" not in source  # a format given explicitly is trusted
-    if fmt == "tgz":
-        fmt = "tar.gz"
-    if fmt not in FORMATS:
-        raise InputError(f"unknown format {fmt!r} for {name} ({', '.join(FORMATS)})")
-    member = source.get("member")
-    if member is not None and fmt not in ARCHIVES:
-        raise InputError(f"source {name}: 'member' needs an archive (zip or tar), but the format is {fmt}")
+    parts = source_parts(source)
     if lines is not None and lines < 1:
-        raise InputError(f"source {name}: asked for a sample of {lines} lines; it needs at least 1")
+        raise InputError(f"source {parts[0]['name']}: asked for a sample of {lines} lines; it needs at least 1")
+    headers = {}
+    if source.get("token_env"):
+        token = os.environ.get(source["token_env"])
+        if not token:
+            raise InputError(f"source {parts[0]['name']}: environment variable {source['token_env']} (token_env) "
+                             "is not set")
+        headers["Authorization"] = f"Bearer {token}"
+    for i, part in enumerate(parts):
+        _acquire(part, out.with_name(out.name + (".part" if len(parts) == 1 else f".part{i}")), lock, mirrors or {},
+                 headers, retries, timeout, retry_delay, log, progress_bytes)
 
-    part = None
-    if payload is None:
-        want = source["sha256"].lower()
-        part = out.with_name(out.name + ".part")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if part.exists():
-            log(f"fetch: resuming {name} from {part.stat().st_size} bytes")
-        _download(name, part, want, retries, timeout, retry_delay, log, progress_bytes)
-        payload = part
-    else:
-        if not payload.is_file():
-            raise InputError(f"source file {payload} does not exist")
-        want = source.get("sha256")
-        if want and (got := sha256_file(payload)) != want.lower():
-            raise InputError(f"checksum mismatch for {payload}: expected sha256 {want}, got {got}")
-
-    empty = f"{name} has no text (no line with anything but whitespace); {out} not written"
+    name = parts[0]["name"] if len(parts) == 1 else f"{parts[0]['name']} (+{len(parts) - 1} more)"
+    drop_blank, dedup = bool(source.get("drop_blank")), bool(source.get("dedup"))
     try:
-        if lines is None:
+        if lines is None and not drop_blank and not dedup:
             n, text = 0, False
-            with _open_text(payload, fmt, member, name, sniff) as src, atomic_output(out, "wb") as dst:
-                while block := src.read(CHUNK):
-                    dst.write(block)
-                    n += block.count(b"\n")
-                    text = text or bool(block.strip())
+            with atomic_output(out, "wb") as dst:
+                for line_block in _blocks(parts):
+                    dst.write(line_block)
+                    n += line_block.count(b"\n")
+                    text = text or bool(line_block.strip())
                 if not text:
-                    raise InputError(empty)
+                    raise InputError(f"{name} has no text (no line with anything but whitespace); {out} not written")
         else:
-            total, text = _scan(payload, fmt, member, name, sniff)
-            if not text:
-                raise InputError(empty)
-            if lines > total:
+            text = [False]
+
+            def seen(stream):  # notes whether any line has text while a pass counts or hashes
+                for line in stream:
+                    text[0] = text[0] or bool(line.strip())
+                    yield line
+
+            keep = _first_occurrences(seen(_lines(parts, drop_blank))) if dedup else None
+            total = int(keep.sum()) if keep is not None else sum(1 for _ in seen(_lines(parts, drop_blank)))
+            if not text[0]:
+                raise InputError(f"{name} has no text (no line with anything but whitespace); {out} not written")
+            dropped = []
+            if drop_blank:
+                dropped.append("blank lines")
+            if dedup:
+                dropped.append(f"{len(keep) - total} repeated lines")
+            if dropped:
+                log(f"fetch: {name}: {total} lines after dropping {' and '.join(dropped)}")
+            if lines is not None and lines > total:
                 raise InputError(f"asked for {lines} lines from {name}, but it has only {total}")
-            threshold = sample_threshold(seed, total, lines)
-            with _open_text(payload, fmt, member, name, sniff) as src, atomic_output(out, "wb") as dst:
-                dst.writelines(itertools.compress(src, _keep_flags(seed, total, threshold)))
-            n = lines
+            stream = _lines(parts, drop_blank)
+            if keep is not None:
+                stream = itertools.compress(stream, keep)
+            if lines is not None:
+                stream = itertools.compress(stream, _keep_flags(seed, total, sample_threshold(seed, total, lines)))
+            n, text = 0, False
+            with atomic_output(out, "wb") as dst:
+                for line in stream:
+                    dst.write(line)
+                    n += 1
+                    text = text or bool(line.strip())
+                if not text:
+                    raise InputError(f"{name} has no text (no line with anything but whitespace); {out} not written")
     except _Corrupt as e:
+        part = e.args[1] if len(e.args) > 1 else parts[0]
         removed = ""
-        if part is not None:
-            part.unlink(missing_ok=True)
-            removed = f"; the download {part} was removed, run again to download it anew"
-        raise InputError(f"{name} cannot be unpacked as {fmt} ({e}){removed}") from None
-    if part is not None:
-        part.unlink()
+        if part.get("download") is not None:
+            part["download"].unlink(missing_ok=True)
+            removed = f"; the download {part['download']} was removed, run again to download it anew"
+        raise InputError(f"{part['name']} cannot be unpacked as {part['format']} ({e.args[0]}){removed}") from None
+    for part in parts:
+        if part.get("download") is not None:
+            part["download"].unlink()
     log(f"fetch: {name} -> {out} ({n} lines{f' sampled with seed {seed}' if lines else ''})")
     return out
+
+
+def source_parts(source: dict) -> list[dict]:
+    """The files a source concatenates: [{"name", "url" or "path", "sha256", "format", "member", "sniff"}]."""
+    keys = ("url", "path", "sha256", "format", "member")
+    if "urls" in source:
+        if not source["urls"]:
+            raise InputError("source has an empty 'urls' list")
+        raw = [{"url": u} if isinstance(u, str) else dict(u) for u in source["urls"]]
+    elif "url" in source or "path" in source:
+        raw = [{k: source[k] for k in keys if k in source}]
+    else:
+        raise InputError(f"source needs 'path', 'url' or 'urls' (got keys {sorted(source)})")
+    parts = []
+    for p in raw:
+        name = p.get("url") or str(p.get("path"))
+        fmt = p.get("format") or _payload_format(name.split("?")[0])
+        fmt = "tar.gz" if fmt == "tgz" else fmt
+        if fmt not in FORMATS:
+            raise InputError(f"unknown format {fmt!r} for {name} ({', '.join(FORMATS)})")
+        if p.get("member") is not None and fmt not in ARCHIVES:
+            raise InputError(f"source {name}: 'member' needs an archive (zip or tar), but the format is {fmt}")
+        parts.append({**p, "name": name, "format": fmt, "sniff": "format" not in p,
+                      "sha256": p["sha256"].lower() if p.get("sha256") else None})
+    return parts
+
+
+def _acquire(part: dict, download: Path, lock, mirrors: dict, headers: dict, retries: int, timeout: float,
+             retry_delay: float, log: Callable, progress_bytes: int) -> None:
+    """Download or check one part; sets part["payload"] (and part["download"] for downloads)."""
+    name = part["name"]
+    if "path" in part:
+        payload = Path(part["path"])
+        if not payload.is_file():
+            raise InputError(f"source file {payload} does not exist")
+        if part["sha256"] and (got := sha256_file(payload)) != part["sha256"]:
+            raise InputError(f"checksum mismatch for {payload}: expected sha256 {part['sha256']}, got {got}")
+        part["payload"] = payload
+        return
+    locked = read_lock(lock).get(name) if lock else None
+    want = part["sha256"] or (locked[0] if locked else None)
+    if not want and not lock:
+        raise InputError(f"source {name} needs a 'sha256' checksum (or a lock file to record it in)")
+    url = next((new + name[len(old):] for old, new in mirrors.items() if name.startswith(old)), name)
+    download.parent.mkdir(parents=True, exist_ok=True)
+    if download.exists():
+        log(f"fetch: resuming {name} from {download.stat().st_size} bytes")
+    if url != name:
+        log(f"fetch: {name} from the mirror {url}")
+    _download(url, download, part["sha256"], retries, timeout, retry_delay, log, progress_bytes, headers, name)
+    got = sha256_file(download)
+    if not part["sha256"]:
+        if locked and got != locked[0]:
+            download.unlink()
+            raise InputError(f"{name} changed upstream: its sha256 is {got}, but {lock} recorded {locked[0]}; "
+                             f"nothing was written. To accept the new file, delete its line from {lock} and run again")
+        if not locked:
+            record_lock(lock, name, got, download.stat().st_size)
+            log(f"fetch: {name}: sha256 {got} recorded in {lock}")
+    elif lock:
+        record_lock(lock, name, got, download.stat().st_size)
+    part["payload"], part["download"] = download, download
+
+
+def _blocks(parts: list[dict]) -> Iterator[bytes]:
+    """The parts' text, one after the other, in blocks of whole lines or less."""
+    for part in parts:
+        try:
+            with _open_text(part["payload"], part["format"], part.get("member"), part["name"], part["sniff"]) as src:
+                while block := src.read(CHUNK):
+                    yield block
+        except _Corrupt as e:
+            raise _Corrupt(e.args[0], part) from None
+
+
+def _lines(parts: list[dict], drop_blank: bool) -> Iterator[bytes]:
+    """The parts' lines (LF-terminated), one after the other; without blank ones if drop_blank."""
+    for part in parts:
+        try:
+            with _open_text(part["payload"], part["format"], part.get("member"), part["name"], part["sniff"]) as src:
+                for line in src:
+                    if not drop_blank or line.strip():
+                        yield line
+        except _Corrupt as e:
+            raise _Corrupt(e.args[0], part) from None
+
+
+def _first_occurrences(lines: Iterator[bytes]) -> np.ndarray:
+    """Bool per line: True where the line (LF-normalized) was not seen before. A 64-bit BLAKE2b hash per line
+    stands for the line (a false repeat needs a collision: about n^2 / 2^65)."""
+    hashes = np.fromiter((int.from_bytes(hashlib.blake2b(line, digest_size=8).digest(), "little")
+                          for line in lines), dtype=np.uint64)
+    keep = np.zeros(len(hashes), dtype=bool)
+    keep[np.unique(hashes, return_index=True)[1]] = True
+    return keep
+
+
+# --- the lock file ------------------------------------------------------------------------------------------------
+
+LOCK_HEADER = ("# relm data lock: the sha256 of every file downloaded without a checksum in the config (relm fetch).\n"
+               "# Commit it with your results; a file that changes upstream is then an error. Columns: sha256 bytes url\n")
+
+
+def read_lock(path: str | Path | None) -> dict[str, tuple[str, int]]:
+    """{url: (sha256, bytes)} of a lock file (empty when it does not exist)."""
+    if path is None or not Path(path).exists():
+        return {}
+    entries = {}
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 3 or len(fields[0]) != 64 or not fields[1].isdigit():
+            raise InputError(f"{path}, line {i}: not a lock entry 'sha256<TAB>bytes<TAB>url': {line[:120]!r}")
+        entries[fields[2]] = (fields[0], int(fields[1]))
+    return entries
+
+
+def record_lock(path: str | Path, url: str, sha256: str, size: int) -> None:
+    """Add or update the entry of `url` (parallel fetch jobs take turns through an flock)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".flock"), "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        entries = read_lock(path)
+        if entries.get(url) == (sha256, size):
+            return
+        entries[url] = (sha256, size)
+        atomic_write_text(path, LOCK_HEADER + "".join(f"{s}\t{n}\t{u}\n" for u, (s, n) in sorted(entries.items())))
+
+
+def format_lock(path: str | Path, fmt: str = "tsv") -> str:
+    """The lock for publication: its TSV, or a Markdown table."""
+    entries = read_lock(path)
+    if fmt == "tsv":
+        return "".join(f"{s}\t{n}\t{u}\n" for u, (s, n) in sorted(entries.items()))
+    rows = "".join(f"| {u} | {n:,} | `{s}` |\n" for u, (s, n) in sorted(entries.items()))
+    return "| file | bytes | sha256 |\n|---|---:|---|\n" + rows
+
+
+# --- cleaning -----------------------------------------------------------------------------------------------------
+
+def remove_eval_lines(train: str | Path, exclude: list, out: str | Path, log: Callable = eprint) -> int:
+    """Write `train` without the lines that occur in any of the `exclude` files (valid/test sets), compared with
+    surrounding whitespace stripped; returns how many lines were removed. Memory: the excluded lines only."""
+    banned = set()
+    for path in exclude:
+        with open(path, "rb") as f:
+            banned.update(line.strip() for line in f)
+    banned.discard(b"")
+    removed = kept = 0
+    with open(train, "rb") as src, atomic_output(out, "wb") as dst:
+        for line in src:
+            if line.strip() in banned:
+                removed += 1
+            else:
+                dst.write(line)
+                kept += 1
+        if kept == 0:
+            raise InputError(f"{train}: every line occurs in the valid/test sets; {out} not written")
+    log(f"clean: {train} -> {out}: {removed} lines that occur in {', '.join(map(str, exclude))} removed, {kept} kept")
+    return removed
