@@ -21,6 +21,7 @@ rule synth:
 
 
 # Downloads run in the Snakemake process itself (on a cluster: the login node), so compute nodes may be offline.
+# The mirrors are params: changing them later reruns the downloads and what follows (set them before the first run).
 localrules:
     fetch,
     fetch_train,

@@ -173,3 +173,47 @@ def test_sampling_memory_does_not_grow_with_the_corpus(tmp_path):
           "Python + numpy + relm at import")
     assert sum(1 for _ in open(tmp_path / "sample.txt", "rb")) == 1_000_000
     assert peak_mb - base_mb < 60, (peak_mb, base_mb)  # 10M Python ints alone would take ~280 MB
+
+
+def test_token_is_not_sent_on_to_a_redirect(tmp_path, monkeypatch):
+    """A hub that redirects to a CDN: the bearer token stays with the host it was meant for."""
+    seen = {}
+
+    def serve(name, answer):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen[name] = self.headers.get("Authorization")
+                answer(self)
+
+            def log_message(self, *args):
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+        return httpd
+
+    def cdn_answer(h):
+        h.send_response(200)
+        h.send_header("Content-Length", "5")
+        h.end_headers()
+        h.wfile.write(b"text\n")
+
+    cdn = serve("cdn", cdn_answer)
+
+    def hub_answer(h):
+        h.send_response(302)
+        h.send_header("Location", f"http://127.0.0.1:{cdn.server_address[1]}/blob")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    hub = serve("hub", hub_answer)
+    monkeypatch.setenv("RELM_TEST_TOKEN", "s3cret")
+    try:
+        fetch({"url": f"http://127.0.0.1:{hub.server_address[1]}/f.txt", "token_env": "RELM_TEST_TOKEN"},
+              tmp_path / "o", lock=tmp_path / "data.lock", log=log)
+    finally:
+        for httpd in (hub, cdn):
+            httpd.shutdown()
+            httpd.server_close()
+    assert seen == {"hub": "Bearer s3cret", "cdn": None}
+    assert (tmp_path / "o").read_bytes() == b"text\n"
