@@ -142,8 +142,8 @@ def cmd_translate(a):
 
     translate_file(a.model, a.input, a.output, src_lang=a.src_lang, tgt_lang=a.tgt_lang, codes=a.codes,
                    beam_size=a.beam_size, length_penalty=a.length_penalty, early_stopping=a.early_stopping,
-                   batch_size=a.batch_size, max_len_a=a.max_len_a, max_len_b=a.max_len_b, tok_out=a.tok_output,
-                   device=a.device)
+                   batch_size=a.batch_size, tokens_per_batch=a.tokens_per_batch, max_len_a=a.max_len_a,
+                   max_len_b=a.max_len_b, tok_out=a.tok_output, device=a.device)
 
 
 def cmd_score(a):
@@ -337,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--length-penalty", type=float, default=1.0)
     s.add_argument("--early-stopping", action="store_true")
     s.add_argument("--batch-size", type=int, default=32, help="sentences per batch")
+    s.add_argument("--tokens-per-batch", type=int, default=0,
+                   help="also at most this many source tokens (padded) per batch; 0 = sentences only")
     s.add_argument("--max-len-a", type=float, default=1.5, help="max output length = a * source length + b")
     s.add_argument("--max-len-b", type=int, default=10)
     s.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")

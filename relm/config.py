@@ -126,6 +126,7 @@ class TranslateConfig:
     length_penalty: float = 1.0
     early_stopping: bool = False
     batch_size: int = 32
+    tokens_per_batch: int = 0  # also at most this many source tokens, padded, per batch (0: batch_size only)
     max_len_a: float = 1.5  # max output length = a * source length + b (XLM evaluation)
     max_len_b: int = 10
     device: str = "auto"  # auto (cuda when available) | cpu | cuda
@@ -133,7 +134,7 @@ class TranslateConfig:
     def cli_args(self) -> str:
         """The `relm translate` options that stand for these settings."""
         return (f"--beam-size {self.beam_size} --length-penalty {self.length_penalty} --batch-size {self.batch_size} "
-                f"--max-len-a {self.max_len_a} --max-len-b {self.max_len_b} --device {self.device}"
+                f"--tokens-per-batch {self.tokens_per_batch} --max-len-a {self.max_len_a} --max-len-b {self.max_len_b} --device {self.device}"
                 + (" --early-stopping" if self.early_stopping else ""))
 
 
@@ -208,7 +209,8 @@ RULES = {
     UNMTConfig: {"word_shuffle": GE0, "word_dropout": UNIT, "word_blank": UNIT, "batch_size": GE1, "max_len": GE1,
                  "max_batch_size": GE0, "beam_size": GE1,
                  "tokens_per_batch": _rule(lambda v: v >= 1 or v == -1, ">= 1, or -1 (batches of batch_size)")},
-    TranslateConfig: {"beam_size": GE1, "batch_size": GE1, "max_len_a": POS, "max_len_b": GE0,
+    TranslateConfig: {"beam_size": GE1, "batch_size": GE1, "tokens_per_batch": GE0, "max_len_a": POS,
+                      "max_len_b": GE0,
                       "device": _one_of("auto", "cpu", "cuda")},
 }
 

@@ -89,9 +89,24 @@ def translate_ids(loaded: LoadedModel, batch_ids: list[list[int]], src_id: int, 
     return [out[i, 1 : int(out_len[i])].tolist() for i in range(len(batch_ids))]
 
 
+def batches(order: list[int], lengths: list[int], batch_size: int, tokens_per_batch: int = 0) -> list[list[int]]:
+    """Consecutive chunks of `order` (sorted longest first, `lengths` in that order): at most batch_size sentences
+    and, with tokens_per_batch > 0, at most that many padded tokens (rows x the first, longest row); a sentence
+    longer than the budget makes a batch of its own."""
+    out, start = [], 0
+    while start < len(order):
+        n = min(batch_size, len(order) - start)
+        if tokens_per_batch > 0:
+            n = max(1, min(n, tokens_per_batch // lengths[start]))
+        out.append(order[start : start + n])
+        start += n
+    return out
+
+
 def translate_lines(model_path, lines: list[str], src_lang: str, tgt_lang: str, codes, beam_size: int = 1,
                     length_penalty: float = 1.0, early_stopping: bool = False, batch_size: int = 32,
-                    max_len_a: float = 1.5, max_len_b: int = 10, device: str = "cpu") -> tuple[list[str], list[str]]:
+                    max_len_a: float = 1.5, max_len_b: int = 10, device: str = "cpu",
+                    tokens_per_batch: int = 0) -> tuple[list[str], list[str]]:
     """Translate raw lines. Returns (detokenized lines, tokenized BPE-removed lines), one per input line.
 
     model_path: a "unmt" checkpoint path (or an already loaded LoadedModel); codes: BPE codes of the source side.
@@ -103,8 +118,7 @@ def translate_lines(model_path, lines: list[str], src_lang: str, tgt_lang: str, 
     ids = encode_lines(lines, src_lang, bpe, dico, loaded.model_config.max_positions - 2)
     tok = [""] * len(lines)
     order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: -len(ids[i]))
-    for b in range(0, len(order), batch_size):
-        chunk = order[b : b + batch_size]
+    for chunk in batches(order, [len(ids[i]) + 2 for i in order], batch_size, tokens_per_batch):
         outs = translate_ids(loaded, [ids[i] for i in chunk], src_id, tgt_id, beam_size, length_penalty,
                              early_stopping, max_len_a, max_len_b)
         for i, o in zip(chunk, outs):

@@ -78,3 +78,15 @@ def test_translate_file_and_stdin(model, tmp_path, monkeypatch, capfdbinary):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(inp.read_bytes()), encoding="utf-8"))
     assert translate_file(model / "unmt.pt", "-", "-", "en", "mk", model / "codes", batch_size=4) == len(LINES)
     assert capfdbinary.readouterr().out.decode() == out.read_text()
+
+
+@pytest.mark.parametrize("batch_size, tokens, expected", [
+    (32, 0, [[0, 1, 2, 3, 4]]),  # sentences only
+    (2, 0, [[0, 1], [2, 3], [4]]),
+    (32, 20, [[0], [1, 2], [3, 4]]),  # rows x longest row <= 20: 12, then 9+9, then 5+5 (a third 5 would be 15)
+    (32, 5, [[0], [1], [2], [3], [4]]),  # a sentence over the budget is a batch of its own
+])
+def test_batches_by_sentences_and_tokens(batch_size, tokens, expected):
+    from relm.translate import batches
+
+    assert batches([0, 1, 2, 3, 4], [12, 9, 9, 5, 5], batch_size, tokens) == expected
