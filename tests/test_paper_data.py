@@ -8,10 +8,7 @@ import gzip
 import hashlib
 import lzma
 import random
-import shutil
-from pathlib import Path
 
-import pytest
 import yaml
 
 from test_fetch import server  # noqa: F401
