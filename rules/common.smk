@@ -202,10 +202,10 @@ def source_of(wildcards):
 
 
 def eval_sides(wildcards):
-    """The valid/test files whose lines are removed from a train corpus: of its pair, or (HMR) of every pair."""
-    groups = [wildcards.group] if "-" in wildcards.group else [wildcards.group, *PAIRS]
-    return [f"data/{group}/raw/{split}.{wildcards.lang}" for group in groups for split in ("valid", "test")
-            if f"{split}.{wildcards.lang}" in config["data"].get(group, {})]
+    """The valid/test files whose lines are removed from a train corpus: its own group's (a pair's LMR sides, or the
+    HMR valid/test sets). Not other pairs' HMR sides: pairs stay independent (one pair, one target)."""
+    return [f"data/{wildcards.group}/raw/{split}.{wildcards.lang}" for split in ("valid", "test")
+            if f"{split}.{wildcards.lang}" in config["data"][wildcards.group]]
 
 
 def fetch_inputs(wildcards):
