@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("clean", help="remove the lines of valid/test sets from a train corpus")
     s.add_argument("--train", required=True)
-    s.add_argument("--exclude", nargs="+", required=True, help="valid/test files whose lines are removed")
+    s.add_argument("--exclude", nargs="*", default=[], help="valid/test files whose lines are removed (may be none)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_clean)
 

@@ -141,6 +141,8 @@ def test_clean_removes_valid_and_test_lines(tmp_path, capsys):
           "--out", str(tmp_path / "out")])
     assert (tmp_path / "out").read_text() == "keep 1\nkeep 2\nkeep 3\n"
     assert "2 lines that occur in" in capsys.readouterr().err
+    main(["clean", "--train", str(tmp_path / "train"), "--exclude", "--out", str(tmp_path / "copy")])  # none
+    assert (tmp_path / "copy").read_text() == (tmp_path / "train").read_text()
     with pytest.raises(InputError, match="every line occurs"):
         remove_eval_lines(tmp_path / "test", [tmp_path / "test"], tmp_path / "none", log=log)
     assert not (tmp_path / "none").exists()

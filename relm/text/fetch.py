@@ -655,5 +655,6 @@ def remove_eval_lines(train: str | Path, exclude: list, out: str | Path, log: Ca
                 kept += 1
         if kept == 0:
             raise InputError(f"{train}: every line occurs in the valid/test sets; {out} not written")
-    log(f"clean: {train} -> {out}: {removed} lines that occur in {', '.join(map(str, exclude))} removed, {kept} kept")
+    sets = ", ".join(map(str, exclude)) or "no valid/test set (none configured for this corpus)"
+    log(f"clean: {train} -> {out}: {removed} lines that occur in {sets} removed, {kept} kept")
     return removed
