@@ -443,7 +443,7 @@ def fetch(
         if lines is None and not drop_blank and not dedup:
             n, text = 0, False
             with atomic_output(out, "wb") as dst:
-                for line_block in _blocks(parts):
+                for line_block in _chunks(parts, by_line=False):
                     dst.write(line_block)
                     n += line_block.count(b"\n")
                     text = text or bool(line_block.strip())
@@ -475,14 +475,11 @@ def fetch(
                 stream = itertools.compress(stream, keep)
             if lines is not None:
                 stream = itertools.compress(stream, _keep_flags(seed, total, sample_threshold(seed, total, lines)))
-            n, text = 0, False
+            n = 0  # (that some line has text was checked by the counting pass)
             with atomic_output(out, "wb") as dst:
                 for line in stream:
                     dst.write(line)
                     n += 1
-                    text = text or bool(line.strip())
-                if not text:
-                    raise InputError(f"{name} has no text (no line with anything but whitespace); {out} not written")
     except _Corrupt as e:
         part = e.args[1] if len(e.args) > 1 else parts[0]
         removed = ""
@@ -559,27 +556,20 @@ def _acquire(part: dict, download: Path, lock, mirrors: dict, headers: dict, ret
     part["payload"], part["download"] = download, download
 
 
-def _blocks(parts: list[dict]) -> Iterator[bytes]:
-    """The parts' text, one after the other, in blocks of whole lines or less."""
+def _chunks(parts: list[dict], by_line: bool) -> Iterator[bytes]:
+    """The parts' text, one after the other: LF-terminated lines (by_line) or blocks of whole lines or less.
+    A damaged part raises _Corrupt(message, part)."""
     for part in parts:
         try:
             with _open_text(part["payload"], part["format"], part.get("member"), part["name"], part["sniff"]) as src:
-                while block := src.read(CHUNK):
-                    yield block
+                yield from (src if by_line else iter(lambda: src.read(CHUNK), b""))
         except _Corrupt as e:
             raise _Corrupt(e.args[0], part) from None
 
 
 def _lines(parts: list[dict], drop_blank: bool) -> Iterator[bytes]:
     """The parts' lines (LF-terminated), one after the other; without blank ones if drop_blank."""
-    for part in parts:
-        try:
-            with _open_text(part["payload"], part["format"], part.get("member"), part["name"], part["sniff"]) as src:
-                for line in src:
-                    if not drop_blank or line.strip():
-                        yield line
-        except _Corrupt as e:
-            raise _Corrupt(e.args[0], part) from None
+    return (line for line in _chunks(parts, by_line=True) if not drop_blank or line.strip())
 
 
 def _first_occurrences(lines: Iterator[bytes]) -> np.ndarray:
