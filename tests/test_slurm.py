@@ -219,10 +219,9 @@ def test_snakemake_cpu_and_gpu_jobs_go_through_sbatch(slurm_cluster, tmp_path):
     assert "CUDA_VISIBLE_DEVICES" not in cpu
 
 
-@pytest.mark.slurm
-def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
-    """SIGTERM -> checkpoint, exit 75 -> the job fails -> Snakemake retries it (attempt 2) -> it resumes.
-    The checkpoint is not a declared output: Snakemake deletes the outputs of a failed job."""
+def run_trainer_rule(tmp_path, interrupt):
+    """Snakemake through the test profile with one GPU rule `pretrain` running TRAINER; once the job has started,
+    `interrupt(jobid)`. Returns Snakemake's exit status."""
     (tmp_path / "trainer.py").write_text(TRAINER)
     (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
         rule pretrain:
@@ -233,11 +232,18 @@ def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
     sm = run_snakemake(tmp_path, timeout=600, background=True)
     try:
         wait_for_path(tmp_path / "model.txt.started", 90)
-        (first,) = slurm_logs(tmp_path)["pretrain"]
-        signal_job(first, "TERM")
-        status = stop_snakemake(sm, timeout=500)
+        (job,) = slurm_logs(tmp_path)["pretrain"]
+        interrupt(job)
+        return stop_snakemake(sm, timeout=500)
     finally:
         stop_snakemake(sm, timeout=0)  # still running only if something above failed
+
+
+@pytest.mark.slurm
+def test_preempted_training_job_resumes_on_retry(slurm_cluster, tmp_path):
+    """SIGTERM -> checkpoint, exit 75 -> the job fails -> Snakemake retries it (attempt 2) -> it resumes.
+    The checkpoint is not a declared output: Snakemake deletes the outputs of a failed job."""
+    status = run_trainer_rule(tmp_path, lambda job: signal_job(job, "TERM"))
     assert status == 0, (tmp_path / "snakemake.out").read_text()
     assert (tmp_path / "model.txt").read_text() == "resumed after SIGTERM"
     assert (tmp_path / "model.txt.started").read_text().splitlines() == ["0 None", "0 SIGTERM"]
@@ -251,21 +257,9 @@ def test_requeued_training_job_resumes_in_the_same_slurm_job(slurm_cluster, tmp_
     """Pre-emption with requeue (the profiles' `slurm-requeue: true`, sbatch --requeue): SLURM stops the running job
     with SIGTERM and queues it again under the same job id; Snakemake keeps waiting (no retry of its own) and the
     job's second run resumes from the checkpoint written at the signal."""
-    (tmp_path / "trainer.py").write_text(TRAINER)
-    (tmp_path / "Snakefile").write_text(textwrap.dedent(f"""
-        rule pretrain:
-            output: "model.txt"
-            resources: gpu=1
-            shell: "{PY} trainer.py {{output}}"
-        """))
-    sm = run_snakemake(tmp_path, timeout=600, background=True)
-    try:
-        wait_for_path(tmp_path / "model.txt.started", 90)
-        (job,) = slurm_logs(tmp_path)["pretrain"]
-        subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
-        status = stop_snakemake(sm, timeout=500)
-    finally:
-        stop_snakemake(sm, timeout=0)  # still running only if something above failed
+    status = run_trainer_rule(tmp_path, lambda job: subprocess.run(["scontrol", "requeue", job], check=True,
+                                                                   timeout=30))
+    (job,) = slurm_logs(tmp_path)["pretrain"]
     assert status == 0, (tmp_path / "snakemake.out").read_text()
     assert (tmp_path / "model.txt").read_text() == "resumed after SIGTERM"
     assert (tmp_path / "model.txt.started").read_text().splitlines() == ["0 None", "0 SIGTERM"]
