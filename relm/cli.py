@@ -88,13 +88,13 @@ def cmd_check_parallel(a):
 def cmd_bpe_learn(a):
     from relm.text.bpe import learn_codes
 
-    learn_codes(a.inputs, a.codes, a.merges, log=log)
+    learn_codes(a.inputs, a.codes, a.merges, log=log, workers=a.threads)
 
 
 def cmd_bpe_apply(a):
     from relm.text.bpe import apply_file
 
-    apply_file(a.codes, a.input, a.output, vocab=a.vocab, log=log)
+    apply_file(a.codes, a.input, a.output, vocab=a.vocab, log=log, workers=a.threads)
 
 
 def cmd_vocab_count(a):
@@ -273,12 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", nargs="+", required=True)
     s.add_argument("--codes", required=True)
     s.add_argument("--merges", type=int, required=True)
+    s.add_argument("--threads", type=int, default=1, help="processes counting words (0: every core)")
     s.set_defaults(func=cmd_bpe_learn)
     s = bpe.add_parser("apply", help="apply codes to a tokenized file")
     s.add_argument("--codes", required=True)
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--vocab", help="vocabulary file: undo merges whose piece it lacks (fastBPE applybpe ... vocab)")
+    s.add_argument("--threads", type=int, default=1, help="processes segmenting chunks of lines (0: every core)")
     s.set_defaults(func=cmd_bpe_apply)
     s = bpe.add_parser("convert-codes", help="fastBPE codes ('left right count') -> codes that relm reads")
     s.add_argument("--input", required=True, help="codes written by fastBPE learnbpe (e.g. a released model's)")

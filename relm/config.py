@@ -41,12 +41,13 @@ class ModelConfig:
 class OptimConfig:
     """Adam, or Adam with XLM's inverse-sqrt schedule (linear warmup from warmup_init_lr, then lr*sqrt(w/step))."""
 
-    name: str = "adam"  # adam | adam_inverse_sqrt
+    name: str = "adam"  # adam | adam_inverse_sqrt | adam_warmup_constant | adam_warmup_linear (relm.train.schedule)
     lr: float = 1e-4
     beta1: float = 0.9
     beta2: float = 0.999
     warmup_updates: int = 4000
     warmup_init_lr: float = 1e-7
+    decay_updates: int = 0  # adam_warmup_linear: the update where the rate reaches 0 (> warmup_updates)
     weight_decay: float = 0.0
     clip_grad_norm: float = 5.0  # 0 = off
 
@@ -200,7 +201,8 @@ RULES = {
     ModelConfig: {"dim": GE1, "n_layers": GE1, "n_heads": GE1, "dropout": UNIT, "attention_dropout": UNIT,
                   "max_positions": GE1, "adapter_size": GE0},
     OptimConfig: {"name": _one_of(*LR_SCHEDULES), "lr": POS, "beta1": UNIT, "beta2": UNIT,
-                  "warmup_updates": GE0, "warmup_init_lr": GE0, "weight_decay": GE0, "clip_grad_norm": GE0},
+                  "warmup_updates": GE0, "warmup_init_lr": GE0, "decay_updates": GE0, "weight_decay": GE0,
+                  "clip_grad_norm": GE0},
     RunConfig: {"epoch_size": GE1, "max_epochs": GE1, "max_steps": GE0, "checkpoint_every": GE0, "log_every": GE0,
                 "amp": _one_of("auto", "bf16", "fp16", "none"), "device": _one_of("auto", "cpu", "cuda"),
                 "threads": GE0, "max_nan_steps": GE1},
@@ -237,6 +239,9 @@ def check(cfg, where: str = ""):
         if not ok:
             raise ConfigError(f"config key '{where}{key}' {text}", where + key)
 
+    if isinstance(cfg, OptimConfig) and cfg.name == "adam_warmup_linear":
+        need(cfg.decay_updates > max(1, cfg.warmup_updates), "decay_updates",
+             f"must be > warmup_updates ({cfg.warmup_updates}) for adam_warmup_linear, got {cfg.decay_updates}")
     if isinstance(cfg, ModelConfig):
         need(cfg.dim % cfg.n_heads == 0, "dim", f"({cfg.dim}) must be a multiple of n_heads ({cfg.n_heads})")
     if isinstance(cfg, MLMConfig):

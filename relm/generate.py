@@ -1,9 +1,10 @@
 """Greedy and beam-search decoding with XLM's semantics, using the decoder's incremental cache.
 
 Outputs start with BOS (= EOS id 1), end with EOS 1 and are padded with 2; lengths count BOS and EOS. Each new token
-costs one decoder step (keys/values of earlier positions come from the cache). Beam search is XLM's `generate_beam`:
-2*beam candidates per step, finished hypotheses scored sum_logprob / len**length_penalty (len counts BOS, not EOS),
-and a hypothesis that reaches max_len is closed with EOS in place of its last word.
+costs one decoder step (keys/values of earlier positions come from the cache); `use_cache=False` re-runs the decoder
+over the whole prefix at every step instead (same tokens; for checks and bench/cases/generate.py). Beam search is XLM's
+`generate_beam`: 2*beam candidates per step, finished hypotheses scored sum_logprob / len**length_penalty (len counts
+BOS, not EOS), and a hypothesis that reaches max_len is closed with EOS in place of its last word.
 """
 from __future__ import annotations
 
@@ -63,16 +64,17 @@ class _eval_mode:
         self.model.train(self.was_training)
 
 
-def _step(decoder: TransformerModel, tok, total_len, tgt_lang_id, src_enc, src_len, cache) -> torch.Tensor:
-    """One decoder step on the newest token [bs] -> log-softmax scores [bs, n_words] (float32)."""
-    x = tok[:, None]
+def _step(decoder: TransformerModel, prefix, total_len, tgt_lang_id, src_enc, src_len, cache) -> torch.Tensor:
+    """One decoder step -> scores of the next token [bs, n_words] (float32). prefix [bs, cur]: the tokens so far;
+    with a cache only the newest one is fed, without (None) the whole prefix is recomputed."""
+    x = prefix[:, -1:] if cache is not None else prefix
     langs = torch.full_like(x, tgt_lang_id)
     h = decoder(x, total_len, langs, causal=True, src_enc=src_enc, src_len=src_len, cache=cache)
     return decoder.logits(h[:, -1]).float()
 
 
 @torch.no_grad()
-def generate_greedy(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: int, max_len):
+def generate_greedy(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: int, max_len, use_cache: bool = True):
     """Greedy decoding (XLM `generate`). src_enc [bs, slen, dim], src_len [bs]; max_len int or [bs].
     Returns (tokens [bs, L], lengths [bs])."""
     bs, device = src_len.size(0), src_enc.device
@@ -84,11 +86,11 @@ def generate_greedy(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: in
     out[:, 0] = eos
     gen_len = torch.ones(bs, dtype=torch.long, device=device)
     unfinished = torch.ones(bs, dtype=torch.bool, device=device)
-    cache = {"slen": 0}
+    cache = {"slen": 0} if use_cache else None
     cur = 1
     with _eval_mode(decoder):
         while cur < total:
-            scores = _step(decoder, out[:, cur - 1], gen_len, tgt_lang_id, src_enc, src_len, cache)
+            scores = _step(decoder, out[:, :cur], gen_len, tgt_lang_id, src_enc, src_len, cache)
             nxt = scores.argmax(-1)
             nxt = torch.where(limits == cur + 1, torch.full_like(nxt, eos), nxt)  # sentence reaches its max length
             out[:, cur] = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
@@ -130,7 +132,7 @@ class BeamHypotheses:
 
 @torch.no_grad()
 def generate_beam(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: int, beam_size: int,
-                  length_penalty: float = 1.0, early_stopping: bool = False, max_len=200):
+                  length_penalty: float = 1.0, early_stopping: bool = False, max_len=200, use_cache: bool = True):
     """Beam search (XLM `generate_beam`). Returns (tokens [bs, L], lengths [bs]) like `generate_greedy`."""
     assert beam_size >= 1
     bs, device = src_len.size(0), src_enc.device
@@ -148,12 +150,12 @@ def generate_beam(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: int,
     beam_scores[:, 1:] = -1e9  # at the start all beams are identical: keep only the first
     beam_scores = beam_scores.view(-1)
     done = [False] * bs
-    cache = {"slen": 0}
+    cache = {"slen": 0} if use_cache else None
     cur = 1
     with _eval_mode(decoder):
         while cur < total:
             lengths = torch.full((nb,), cur, dtype=torch.long, device=device)
-            scores = _step(decoder, generated[:, cur - 1], lengths, tgt_lang_id, src_enc, src_len, cache)
+            scores = _step(decoder, generated[:, :cur], lengths, tgt_lang_id, src_enc, src_len, cache)
             scores = F.log_softmax(scores, dim=-1)
             scores = (scores + beam_scores[:, None]).view(bs, beam_size * n_words)
             top_scores, top_ids = torch.topk(scores, 2 * beam_size, dim=1, largest=True, sorted=True)
@@ -185,7 +187,8 @@ def generate_beam(decoder: TransformerModel, src_enc, src_len, tgt_lang_id: int,
             rows = torch.tensor([b[2] for b in next_beam], dtype=torch.long, device=device)
             generated = generated[rows]
             generated[:, cur] = words
-            reorder_cache(cache, rows)
+            if cache is not None:
+                reorder_cache(cache, rows)
             cur += 1
             if all(done):
                 break

@@ -32,6 +32,7 @@ if not RELEASED:
             "data/{lang}/codes.{lang}",
         params:
             merges=config["bpe"]["hmr_merges"],
+        threads: config.get("threads", 1)
         conda:
             "../envs/relm.yaml"
         log:
@@ -39,7 +40,8 @@ if not RELEASED:
         benchmark:
             "benchmarks/bpe_learn_hmr/{lang}.tsv"
         shell:
-            "relm bpe learn --inputs {input:q} --codes {output:q} --merges {params.merges:q} > {log:q} 2>&1"
+            "relm bpe learn --inputs {input:q} --codes {output:q} --merges {params.merges:q} --threads {threads} "
+            "> {log:q} 2>&1"
 
 
 rule bpe_learn_joint:
@@ -50,6 +52,7 @@ rule bpe_learn_joint:
         "data/{pair}/codes.{pair}",
     params:
         merges=config["bpe"]["joint_merges"],
+    threads: config.get("threads", 1)
     conda:
         "../envs/relm.yaml"
     log:
@@ -57,7 +60,8 @@ rule bpe_learn_joint:
     benchmark:
         "benchmarks/bpe_learn_joint/{pair}.tsv"
     shell:
-        "relm bpe learn --inputs {input.hmr:q} {input.lmr:q} --codes {output:q} --merges {params.merges:q} > {log:q} 2>&1"
+        "relm bpe learn --inputs {input.hmr:q} {input.lmr:q} --codes {output:q} --merges {params.merges:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 rule bpe_apply:
@@ -67,6 +71,7 @@ rule bpe_apply:
         "data/{group}/bpe-{codes}/{split}.{lang}",
     params:
         vocab=lambda w, input: f"--vocab {input.vocab}" if "vocab" in input.keys() else "",
+    threads: config.get("threads", 1)
     conda:
         "../envs/relm.yaml"
     log:
@@ -74,7 +79,8 @@ rule bpe_apply:
     benchmark:
         "benchmarks/bpe_apply/{group}.{codes}.{split}.{lang}.tsv"
     shell:
-        "relm bpe apply --codes {input.codes:q} --input {input.text:q} --output {output:q} {params.vocab} > {log:q} 2>&1"
+        "relm bpe apply --codes {input.codes:q} --input {input.text:q} --output {output:q} {params.vocab} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
 if not RELEASED:  # see bpe_learn_hmr

@@ -82,8 +82,8 @@ def test_hmr_corpus_valid_under_extended_dictionary(corpus):
     ("missing_tok", r"train\.hx\.tok\.npy is missing"),
     ("missing_off", r"train\.hx\.off\.npy is missing"),
     ("short_off", r"inconsistent: train\.hx\.off\.npy has 3 offsets, expected n_sentences \+ 1 = 5"),
-    ("wrong_n_tokens", r"inconsistent: .*expected n_tokens = 10"),
-    ("bad_last_offset", r"offsets run from 0 to 8, expected 0 to 9"),
+    ("wrong_n_tokens", r"inconsistent: .*has 14 ids, expected n_tokens \+ n_sentences \+ 1 = 15"),
+    ("bad_last_offset", r"offsets run from 0 to 8, expected 0 to 13"),
 ])
 def test_damaged_corpus_errors(corpus, damage, message):
     tmp_path, meta, _ = corpus

@@ -121,3 +121,14 @@ def test_beam_batch_equals_single_sentences(beam_size):
         t, l_ = generate_beam(dec, src[i : i + 1, :n], src_len[i : i + 1], 1, beam_size=beam_size, max_len=10)
         assert int(l_[0]) == int(lengths[i]) and torch.equal(t[0, : int(l_[0])], tokens[i, : int(l_[0])])
 
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_decoding_without_cache_gives_the_same_tokens(seed):
+    """use_cache=False recomputes the whole prefix each step (the benchmark's reference): token-identical output."""
+    dec, src, src_len = setup(seed)
+    for decode in (lambda c: generate_greedy(dec, src, src_len, 1, 12, use_cache=c),
+                   lambda c: generate_beam(dec, src, src_len, 1, beam_size=3, max_len=12, use_cache=c)):
+        (tokens, lengths), (ref, ref_len) = decode(True), decode(False)
+        assert torch.equal(tokens, ref) and torch.equal(lengths, ref_len)
+        check_format(tokens, lengths)

@@ -53,3 +53,26 @@ def test_inverse_sqrt(warmup):
 def test_unknown_optimizer():
     with pytest.raises(ValueError, match="sgd"):
         lr_at(OptimConfig(name="sgd"), 1)
+
+
+@pytest.mark.parametrize("name", ["adam_inverse_sqrt", "adam_warmup_constant", "adam_warmup_linear"])
+def test_warmup_is_shared(name):
+    o = OptimConfig(name=name, lr=1e-3, warmup_updates=10, warmup_init_lr=0.0, decay_updates=30)
+    assert [lr_at(o, s) for s in (1, 5, 10)] == pytest.approx([1e-4, 5e-4, 1e-3])
+
+
+def test_warmup_then_constant():
+    o = OptimConfig(name="adam_warmup_constant", lr=1e-3, warmup_updates=10)
+    assert [lr_at(o, s) for s in (10, 11, 1000, 10**6)] == [1e-3] * 4
+
+
+def test_warmup_then_linear_decay():
+    o = OptimConfig(name="adam_warmup_linear", lr=1e-3, warmup_updates=10, decay_updates=30)
+    assert [lr_at(o, s) for s in (10, 20, 25, 30, 31, 1000)] == pytest.approx([1e-3, 5e-4, 2.5e-4, 0, 0, 0])
+
+
+@pytest.mark.parametrize("decay", [0, 10])
+def test_linear_decay_needs_decay_updates_after_warmup(decay):
+    from relm.config import ConfigError, check
+    with pytest.raises(ConfigError, match=r"'optim\.decay_updates' must be > warmup_updates \(10\)"):
+        check(OptimConfig(name="adam_warmup_linear", warmup_updates=10, decay_updates=decay), "optim.")

@@ -133,7 +133,7 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
 
     dico = Dictionary.read_vocab(vocab)
     train_c = open_corpora({lg: train[lg] for lg in sorted(set(steps))}, dico, vocab, "train")
-    empty = [str(c.path) for c in train_c.values() if len(c.tok) == 0]
+    empty = [str(c.path) for c in train_c.values() if c.n_tokens == 0]
     if empty:
         raise ValueError(f"empty training corpora: {', '.join(empty)}")
     evals = {split: open_corpora({lg: p for lg, p in paths.items() if lg in eval_langs}, dico, vocab, split)

@@ -1,8 +1,11 @@
 """Schedules: loss weights (lambda) over iterations and the learning rate over optimizer updates.
 
 Lambda syntax (XLM): "0.5" is a constant; "0:1,100000:0.1,300000:0" is piecewise linear in the iteration
-number between the points and constant outside them. Learning rate: `adam` is constant; `adam_inverse_sqrt`
-warms up linearly from warmup_init_lr to lr over warmup_updates updates, then decays as lr*sqrt(warmup/step).
+number between the points and constant outside them. Learning rate: `adam` is constant; the others warm up linearly
+from warmup_init_lr to lr over warmup_updates updates, then `adam_inverse_sqrt` (XLM's, the original's) decays as
+lr*sqrt(warmup/step), `adam_warmup_constant` stays at lr, and `adam_warmup_linear` falls linearly to 0 at
+decay_updates (and stays there). A short run under inverse-sqrt ends with most of its learning rate gone while the
+model still improves; the constant and linear schedules are relm's for such runs.
 """
 from __future__ import annotations
 
@@ -52,16 +55,22 @@ class Lambda:
         return f"Lambda({self.spec!r})"
 
 
-LR_SCHEDULES = ("adam", "adam_inverse_sqrt")  # optim.name
+LR_SCHEDULES = ("adam", "adam_inverse_sqrt", "adam_warmup_constant", "adam_warmup_linear")  # optim.name
 
 
 def lr_at(optim, step: int) -> float:
     """Learning rate of update number `step` (1-based: the first optimizer.step() is step 1)."""
+    if optim.name not in LR_SCHEDULES:
+        raise ValueError(f"unknown optimizer {optim.name!r} (known: {', '.join(LR_SCHEDULES)})")
     if optim.name == "adam":
         return optim.lr
+    warmup = max(1, optim.warmup_updates)
+    if step < warmup:
+        return optim.warmup_init_lr + step * (optim.lr - optim.warmup_init_lr) / warmup
     if optim.name == "adam_inverse_sqrt":
-        warmup = max(1, optim.warmup_updates)
-        if step < warmup:
-            return optim.warmup_init_lr + step * (optim.lr - optim.warmup_init_lr) / warmup
         return optim.lr * math.sqrt(warmup) / math.sqrt(max(step, 1))
-    raise ValueError(f"unknown optimizer {optim.name!r} (known: {', '.join(LR_SCHEDULES)})")
+    if optim.name == "adam_warmup_linear":
+        if optim.decay_updates <= warmup:
+            raise ValueError(f"adam_warmup_linear needs decay_updates > warmup_updates, got {optim.decay_updates}")
+        return optim.lr * max(0.0, (optim.decay_updates - step) / (optim.decay_updates - warmup))
+    return optim.lr
