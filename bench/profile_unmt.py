@@ -3,7 +3,8 @@ generated corpora, under cProfile, with the time split into PyTorch's own comput
 
     python -m bench.profile_unmt [--dim 128] [--layers 2] [--steps 40] [--work DIR]
 
-Prints the share of each group (own time of the functions by module) and the top functions by own time. The demo
+Prints the share of each group (own time of the functions by module), the cumulative share of the phases of a round
+(back-translation generation, noise, the rest: forward, backward, optimizer) and the top functions by own time. The demo
 model is dim 128, 2 layers, 4 heads (config/config.yaml); --dim 512 --layers 6 --heads 8 is the paper's size class.
 """
 from __future__ import annotations
@@ -44,6 +45,12 @@ def group_of(func: tuple) -> str:
     return "other Python"
 
 
+PHASES = {  # phase -> (file, function) whose cumulative time it is
+    "back-translation generation (greedy, no gradients)": ("relm/generate", "generate_greedy"),
+    "denoising noise": ("relm/data/noise", "add_noise"),
+}
+
+
 def corpora(work: Path, n_lines: int) -> tuple[Path, dict, dict]:
     work.mkdir(parents=True, exist_ok=True)
     texts = {lg: synthetic_text(work / f"train.{lg}", n_lines, seed=seed, vocab_words=3000)
@@ -75,7 +82,7 @@ def main(argv=None) -> None:
     vocab, train, valid = corpora(work / "data", 5000)
     cfg = UNMTConfig(model=ModelConfig(dim=a.dim, n_layers=a.layers, n_heads=a.heads, dropout=0.0,
                                        attention_dropout=0.0, pre_norm=True),
-                     ae_steps=["hx", "lx"], bt_steps=["hx-lx-hx", "lx-hx-lx"], tokens_per_batch=2000,
+                     ae_steps=["hx", "lx"], bt_steps=["hx-lx-hx", "lx-hx-lx"], tokens_per_batch=1000,
                      eval_bleu=False, lambda_ae="1")
     cfg.run.max_steps, cfg.run.epoch_size, cfg.run.checkpoint_every, cfg.run.log_every = a.steps, 10**9, 10**9, 10**9
     run_dir = work / f"run-{a.dim}-{a.layers}-{time.time_ns()}"
@@ -99,6 +106,16 @@ def main(argv=None) -> None:
     print("\n| group | own s | share |\n|---|--:|--:|")
     for g, t in sorted(own.items(), key=lambda kv: -kv[1]):
         print(f"| {g} | {t:.2f} | {100 * t / total:.1f}% |")
+    cum = {name: 0.0 for name in PHASES}
+    for (filename, _, name), (_, _, _, cumtime, _) in stats.stats.items():
+        for phase, (needle, fn) in PHASES.items():
+            if needle in filename and name == fn:
+                cum[phase] += cumtime
+    print("\n| phase of a round (cumulative time, torch included) | s | share |\n|---|--:|--:|")
+    for phase, t in cum.items():
+        print(f"| {phase} | {t:.2f} | {100 * t / total:.1f}% |")
+    print(f"| the rest (forward, backward, optimizer, batches) | {total - sum(cum.values()):.2f} | "
+          f"{100 * (total - sum(cum.values())) / total:.1f}% |")
     print("\n| top functions by own time | group | s |\n|---|---|--:|")
     for t, g, (filename, line, name) in sorted(rows, reverse=True)[: a.top]:
         where = name if filename == "~" else f"{Path(filename).name}:{line} {name}"

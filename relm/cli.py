@@ -149,10 +149,10 @@ def cmd_translate(a):
 def cmd_score(a):
     from relm.evaluate.score import score_file
 
-    meta = dict(pair=a.pair, system=a.system, direction=a.direction, split=a.split)
+    meta = dict(pair=a.pair, system=a.system, direction=a.direction, split=a.split, seed=a.seed)
     result = score_file(a.hyp, a.ref, a.tgt_lang, src=a.src, meta=meta, out=a.output)
     m = result["metrics"]
-    log(f"BLEU {m['bleu']['score']:.2f}  chrF {m['chrf']['score']:.2f}  tokenized BLEU {m['tok_bleu']['score']:.2f}")
+    log(f"BLEU {m['bleu']['score']:.2f}  chrF++ {m['chrf++']['score']:.2f}  tokenized BLEU {m['tok_bleu']['score']:.2f}")
 
 
 def cmd_tables(a):
@@ -173,7 +173,7 @@ def cmd_plots(a):
 def cmd_compute(a):
     from relm.evaluate.tables import write_compute_table
 
-    write_compute_table(_pairs(a.benchmark, "--benchmark"), a.output)
+    write_compute_table(_pairs(a.benchmark, "--benchmark"), a.output, cores=a.cores)
 
 
 def cmd_bpe_convert_codes(a):
@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda")
     s.set_defaults(func=cmd_translate)
 
-    s = sub.add_parser("score", help="sacreBLEU BLEU/chrF + the original's tokenized BLEU")
+    s = sub.add_parser("score", help="sacreBLEU BLEU/chrF++ + the original's tokenized BLEU")
     s.add_argument("--hyp", required=True)
     s.add_argument("--ref", required=True)
     s.add_argument("--src", help="source text, for the copy baseline")
@@ -354,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True)
     for key in ("pair", "system", "direction", "split"):
         s.add_argument(f"--{key}", required=True)
+    s.add_argument("--seed", type=int, default=0, help="training seed of the system (config `seeds`)")
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("tables", help="scores.tsv, bleu.md, bleu.tex from score files")
@@ -373,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("compute", help="wall time and peak memory per stage from benchmark files")
     s.add_argument("--benchmark", action="append", required=True, metavar="LABEL=TSV")
     s.add_argument("--output", required=True)
+    s.add_argument("--cores", type=int, default=0, help="the cores the workflow ran on: adds busy/idle core-minutes")
     s.set_defaults(func=cmd_compute)
 
     s = sub.add_parser("import-xlm", help="convert an XLM / RE-LM checkpoint into relm's format (no code executed)")

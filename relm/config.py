@@ -87,6 +87,12 @@ class MLMConfig:
     word_mask_keep_rand: str = "0.8,0.1,0.1"
     sample_alpha: float = 0.0  # > 0: frequency-based choice of masked positions
     lambda_mlm: str = "1"
+    # Language embeddings that the init checkpoint lacks (the HMR MLM has none: it knows one language). Original:
+    # "random" (XLM's N(0, dim^-0.5) draw) and frozen under trainable=adapters, which adds a fixed random vector to
+    # every input of the frozen model. "zero" starts them at 0 (the pretrained model sees its inputs unchanged);
+    # train_lang_emb also trains them in adapter mode.
+    new_lang_emb: str = "random"  # random | zero
+    train_lang_emb: bool = False  # trainable=adapters: train the language embeddings too (original: frozen)
 
 
 @dataclass
@@ -206,7 +212,7 @@ RULES = {
     RunConfig: {"epoch_size": GE1, "max_epochs": GE1, "max_steps": GE0, "checkpoint_every": GE0, "log_every": GE0,
                 "amp": _one_of("auto", "bf16", "fp16", "none"), "device": _one_of("auto", "cpu", "cuda"),
                 "threads": GE0, "max_nan_steps": GE1},
-    MLMConfig: {"trainable": _one_of("all", "adapters"), "batch_size": GE1,
+    MLMConfig: {"trainable": _one_of("all", "adapters"), "new_lang_emb": _one_of("random", "zero"), "batch_size": GE1,
                 "word_pred": _rule(lambda v: 0 < v < 1, "in (0, 1)"), "sample_alpha": GE0},
     UNMTConfig: {"word_shuffle": GE0, "word_dropout": UNIT, "word_blank": UNIT, "batch_size": GE1, "max_len": GE1,
                  "max_batch_size": GE0, "beam_size": GE1,

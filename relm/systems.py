@@ -108,6 +108,19 @@ def _run_defaults(config: dict) -> dict:
     return {"seed": config.get("seed", 0), "threads": train_threads(config)}
 
 
+def seeds(config: dict) -> list[int]:
+    """The training seeds every system runs with (config `seeds`; default: [seed]). Data, BPE, vocabularies and the
+    HMR pretraining are shared by all seeds (they use `seed`); each system's MLM stage, UNMT, translations and scores
+    are per seed."""
+    return [int(v) for v in config.get("seeds") or [config.get("seed", 0)]]
+
+
+def _with_seed(settings: dict, seed: int | None) -> dict:
+    if seed is not None:
+        settings["run"] = {**settings.get("run", {}), "seed": int(seed)}
+    return settings
+
+
 def train_threads(config: dict) -> int:
     """CPU threads of a training job (rule threads = torch threads). On a small CPU, two single-threaded jobs side
     by side beat one two-threaded job by far: small matrices do not parallelize and threads fight for cores."""
@@ -134,9 +147,9 @@ def _checked(cls, settings: dict, layers: list[tuple[str, dict]]) -> dict:
     return settings
 
 
-def mlm_settings(config: dict, system: str | None = None, pair: str | None = None) -> dict:
+def mlm_settings(config: dict, system: str | None = None, pair: str | None = None, seed: int | None = None) -> dict:
     """MLMConfig (as a dict) of `system`'s MLM stage on `pair`; system None = HMR pretraining. Checked by building
-    the dataclass: an unknown key is an error naming it."""
+    the dataclass: an unknown key is an error naming it. seed (one of `seeds`) replaces run.seed."""
     hmr = config["hmr"]
     if system is None:
         section, where = config.get("pretrain", {}), "pretrain."
@@ -144,6 +157,7 @@ def mlm_settings(config: dict, system: str | None = None, pair: str | None = Non
         section, where = config.get("mlm_systems", {}).get(system, {}), f"mlm_systems.{system}."
     s = merge(merge({"model": config["model"]}, config.get("mlm", {})), section)
     s["run"] = merge(_run_defaults(config), s.get("run", {}))
+    _with_seed(s, seed)
     s.update(mlm_langs(system, pair, hmr))
     s["trainable"] = SYSTEMS[system].trainable if system else "all"
     s = _fill(s, hmr, split_pair(pair)[0] if pair else hmr)
@@ -155,12 +169,13 @@ def unmt_model(config: dict, system: str) -> dict:
     return merge(config["model"], config.get("mlm_systems", {}).get(system, {}).get("model", {}))
 
 
-def unmt_settings(config: dict, system: str, pair: str) -> dict:
+def unmt_settings(config: dict, system: str, pair: str, seed: int | None = None) -> dict:
     """UNMTConfig (as a dict) of `system` on `pair`, checked like mlm_settings."""
     hmr = config["hmr"]
     own = config.get("unmt_systems", {}).get(system, {})
     s = merge(merge({"model": unmt_model(config, system)}, config.get("unmt", {})), own)
     s["run"] = merge(_run_defaults(config), s.get("run", {}))
+    _with_seed(s, seed)
     s.update(unmt_langs(pair))
     s = _fill(s, hmr, split_pair(pair)[0])
     mlm_model = {"model": config.get("mlm_systems", {}).get(system, {}).get("model", {})}

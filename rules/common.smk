@@ -10,7 +10,7 @@ from snakemake.utils import min_version
 from relm.config import TranslateConfig, from_dict
 from relm.errors import ConfigError
 from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, mlm_langs, split_pair
-from relm.systems import mlm_settings, train_threads, unmt_langs, unmt_settings
+from relm.systems import mlm_settings, seeds, train_threads, unmt_langs, unmt_settings
 from relm.workflow import check_config, released_model_keys
 
 min_version("9.0")
@@ -22,6 +22,7 @@ except ConfigError as e:
 
 HMR = config["hmr"]
 PAIRS = list(config["pairs"])
+SEEDS = seeds(config)
 
 
 wildcard_constraints:
@@ -34,6 +35,7 @@ wildcard_constraints:
     codes="hmr|joint",
     dic="|".join(DICTIONARIES),
     system="|".join(SYSTEMS),
+    seed="[0-9]+",
     name="[A-Za-z0-9_]+",
 
 
@@ -147,6 +149,12 @@ def relm_launcher(wildcards, resources):
     return f"torchrun --standalone --nproc-per-node={k} -m relm.cli" if k > 1 else "relm"
 
 
+def text_threads(wildcards):
+    """Processes of a tokenize / bpe_apply job: `threads` for a train corpus, one for a valid or test set (small),
+    which then never waits for a second free core while a training job holds the other."""
+    return int(config.get("threads", 1)) if wildcards.split == "train" else 1
+
+
 def runtime(key):
     """SLURM minutes for a training rule; grows with each retry (attempt)."""
     base = int(config.get("runtime", {}).get(key, 240))
@@ -159,6 +167,10 @@ def mem_mb(kind):
 
 
 MEM_MB = 16000
+# Among the jobs ready to run, the longest chain first: HMR pretraining (every RE-LM system waits for it), then the
+# systems' MLM stages (each unblocks a UNMT), then UNMT. Without this, on 2 cores, UNMT jobs took the cores while
+# the adapter fine-tuning waited, and the last UNMT ran alone.
+PRIORITY = {"pretrain": 2, "mlm": 1}
 # SLURM sends SIGTERM 300 s before a training job's time limit: the trainer writes its resume checkpoint and
 # exits 75 (relm/train/resume.py). Not USR1: it would kill the Snakemake process around the rule first.
 TRAIN_SIGNAL = "--signal=TERM@300"
@@ -176,7 +188,13 @@ def corpus_args(flag, mapping):
 
 
 def score_files(pair):
-    return [f"results/{pair}/{system}/test.{d}.json" for system in config["systems"] for d in directions(pair)]
+    return [f"results/{pair}/{system}/seed{seed}/test.{d}.json"
+            for system in config["systems"] for seed in SEEDS for d in directions(pair)]
+
+
+def seed_label(seed):
+    """How a seed appears in curve and compute labels: not at all when the study has one seed."""
+    return f" seed {seed}" if len(SEEDS) > 1 else ""
 
 
 def all_targets():
@@ -323,9 +341,20 @@ def source_codes(wildcards):
 def pair_metrics(pair):
     runs = {} if RELEASED else {"pretrain": f"models/{HMR}/mlm/metrics.jsonl"}  # a released MLM has no curve
     for system in config["systems"]:
-        for stage in ("mlm", "unmt"):
-            runs[f"{system}/{stage}"] = f"models/{pair}/{system}/{stage}/metrics.jsonl"
+        for seed in SEEDS:
+            for stage in ("mlm", "unmt"):
+                runs[f"{system}/{stage}{seed_label(seed)}"] = f"models/{pair}/{system}/seed{seed}/{stage}/metrics.jsonl"
     return runs
+
+
+def local_cores():
+    """The cores of a local run (--cores), for the busy/idle core-minutes of results/compute.md; 0 (not reported)
+    when jobs go to a cluster (also inside a cluster job), where the cores are the scheduler's."""
+    plugin = workflow.executor_plugin
+    if plugin is not None and getattr(plugin, "name", "local") not in ("local", "dryrun"):
+        return 0
+    cores = workflow.global_resources.get("_cores")
+    return int(getattr(cores, "value", cores) or 0)
 
 
 def benchmark_files():
@@ -341,8 +370,10 @@ def benchmark_files():
         files[f"tokenize {pair} train.{lmr}"] = f"benchmarks/tokenize/{pair}.train.{lmr}.tsv"
         files[f"bpe learn {pair} joint"] = f"benchmarks/bpe_learn_joint/{pair}.tsv"
         for system in config["systems"]:
-            for stage in ("mlm", "unmt"):
-                files[f"{stage} {pair} {system}"] = f"benchmarks/{stage}/{pair}.{system}.tsv"
-            for d in directions(pair):
-                files[f"translate {pair} {system} {d}"] = f"benchmarks/translate/{pair}.{system}.test.{d}.tsv"
+            for seed in SEEDS:
+                for stage in ("mlm", "unmt"):
+                    files[f"{stage} {pair} {system}{seed_label(seed)}"] = f"benchmarks/{stage}/{pair}.{system}.seed{seed}.tsv"
+                for d in directions(pair):
+                    files[f"translate {pair} {system} {d}{seed_label(seed)}"] = \
+                        f"benchmarks/translate/{pair}.{system}.seed{seed}.test.{d}.tsv"
     return files

@@ -4,12 +4,12 @@
 
 rule translate:
     input:
-        model="models/{pair}/{system}/unmt/model.pt",
+        model="models/{pair}/{system}/seed{seed}/unmt/model.pt",
         codes=source_codes,
         text="data/{pair}/raw/{split}.{src}",
     output:
-        hyp="results/{pair}/{system}/{split}.{src}-{tgt}.hyp",
-        tok="results/{pair}/{system}/{split}.{src}-{tgt}.hyp.tok",
+        hyp="results/{pair}/{system}/seed{seed}/{split}.{src}-{tgt}.hyp",
+        tok="results/{pair}/{system}/seed{seed}/{split}.{src}-{tgt}.hyp.tok",
     params:
         settings=translate_args(),
     resources:
@@ -18,9 +18,9 @@ rule translate:
     conda:
         "../envs/relm.yaml"
     log:
-        "logs/translate/{pair}.{system}.{split}.{src}-{tgt}.log",
+        "logs/translate/{pair}.{system}.seed{seed}.{split}.{src}-{tgt}.log",
     benchmark:
-        "benchmarks/translate/{pair}.{system}.{split}.{src}-{tgt}.tsv"
+        "benchmarks/translate/{pair}.{system}.seed{seed}.{split}.{src}-{tgt}.tsv"
     shell:
         "relm translate --model {input.model:q} --src-lang {wildcards.src:q} --tgt-lang {wildcards.tgt:q} "
         "--codes {input.codes:q} --input {input.text:q} --output {output.hyp:q} --tok-output {output.tok:q} "
@@ -29,16 +29,16 @@ rule translate:
 
 rule score:
     input:
-        hyp="results/{pair}/{system}/{split}.{src}-{tgt}.hyp",
+        hyp="results/{pair}/{system}/seed{seed}/{split}.{src}-{tgt}.hyp",
         ref="data/{pair}/raw/{split}.{tgt}",
         src="data/{pair}/raw/{split}.{src}",
     output:
-        "results/{pair}/{system}/{split}.{src}-{tgt}.json",
+        "results/{pair}/{system}/seed{seed}/{split}.{src}-{tgt}.json",
     conda:
         "../envs/relm.yaml"
     log:
-        "logs/score/{pair}.{system}.{split}.{src}-{tgt}.log",
+        "logs/score/{pair}.{system}.seed{seed}.{split}.{src}-{tgt}.log",
     shell:
         "relm score --hyp {input.hyp:q} --ref {input.ref:q} --src {input.src:q} --tgt-lang {wildcards.tgt:q} "
-        "--pair {wildcards.pair:q} --system {wildcards.system:q} --direction {wildcards.src:q}-{wildcards.tgt:q} "
+        "--pair {wildcards.pair:q} --system {wildcards.system:q} --seed {wildcards.seed} --direction {wildcards.src:q}-{wildcards.tgt:q} "
         "--split {wildcards.split:q} --output {output:q} > {log:q} 2>&1"

@@ -17,6 +17,7 @@ rule pretrain:
         run_dir="models/{lang}/mlm",
         settings=lambda w: settings_json(mlm_settings(config)),
     threads: train_threads(config)
+    priority: PRIORITY["pretrain"]
     resources:
         runtime=runtime("pretrain"),
         gpu=gpus("train"),
@@ -42,15 +43,16 @@ rule mlm:
         valid=lambda w: mlm_corpora(w)["valid"].values(),
         test=lambda w: mlm_corpora(w)["test"].values(),
     output:
-        model="models/{pair}/{system}/mlm/model.pt",
-        metrics="models/{pair}/{system}/mlm/metrics.jsonl",
+        model="models/{pair}/{system}/seed{seed}/mlm/model.pt",
+        metrics="models/{pair}/{system}/seed{seed}/mlm/metrics.jsonl",
     params:
         relm=relm_launcher,
-        run_dir="models/{pair}/{system}/mlm",
-        settings=lambda w: settings_json(mlm_settings(config, w.system, w.pair)),
+        run_dir="models/{pair}/{system}/seed{seed}/mlm",
+        settings=lambda w: settings_json(mlm_settings(config, w.system, w.pair, int(w.seed))),
         corpora=lambda w: corpora_args(mlm_corpora(w)),
         start=lambda w, input: f"--init {input.init} --extension {input.extension}" if "init" in input.keys() else "",
     threads: train_threads(config)
+    priority: PRIORITY["mlm"]
     resources:
         runtime=runtime("mlm"),
         gpu=gpus("train"),
@@ -59,9 +61,9 @@ rule mlm:
     conda:
         "../envs/relm.yaml"
     log:
-        "logs/mlm/{pair}.{system}.log",
+        "logs/mlm/{pair}.{system}.seed{seed}.log",
     benchmark:
-        "benchmarks/mlm/{pair}.{system}.tsv"
+        "benchmarks/mlm/{pair}.{system}.seed{seed}.tsv"
     shell:
         "{params.relm} train mlm --run-dir {params.run_dir:q} --settings {params.settings:q} --vocab {input.vocab:q} "
         "{params.corpora} {params.start} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -67,9 +67,10 @@ rule compute:
         report("results/compute.md", caption="../report/compute.rst", category="Compute"),
     params:
         benchmarks=corpus_args("--benchmark", {k.replace(" ", "_"): v for k, v in benchmark_files().items()}),
+        cores=local_cores(),
     conda:
         "../envs/relm.yaml"
     log:
         "logs/compute/all.log",
     shell:
-        "relm compute {params.benchmarks} --output {output:q} > {log:q} 2>&1"
+        "relm compute {params.benchmarks} --cores {params.cores} --output {output:q} > {log:q} 2>&1"

@@ -9,7 +9,7 @@ rule tokenize:
         "data/{group}/tok/{split}.{lang}",
     params:
         long_lines=long_line_args,
-    threads: config.get("threads", 1)
+    threads: text_threads
     conda:
         "../envs/relm.yaml"
     log:
@@ -71,7 +71,7 @@ rule bpe_apply:
         "data/{group}/bpe-{codes}/{split}.{lang}",
     params:
         vocab=lambda w, input: f"--vocab {input.vocab}" if "vocab" in input.keys() else "",
-    threads: config.get("threads", 1)
+    threads: text_threads
     conda:
         "../envs/relm.yaml"
     log:

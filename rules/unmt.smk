@@ -4,18 +4,18 @@
 
 rule unmt:
     input:
-        init="models/{pair}/{system}/mlm/model.pt",
+        init="models/{pair}/{system}/seed{seed}/mlm/model.pt",
         vocab=system_vocab,
         train=lambda w: unmt_corpora(w)["train"].values(),
         valid=lambda w: unmt_corpora(w)["valid"].values(),
         test=lambda w: unmt_corpora(w)["test"].values(),
     output:
-        model="models/{pair}/{system}/unmt/model.pt",
-        metrics="models/{pair}/{system}/unmt/metrics.jsonl",
+        model="models/{pair}/{system}/seed{seed}/unmt/model.pt",
+        metrics="models/{pair}/{system}/seed{seed}/unmt/metrics.jsonl",
     params:
         relm=relm_launcher,
-        run_dir="models/{pair}/{system}/unmt",
-        settings=lambda w: settings_json(unmt_settings(config, w.system, w.pair)),
+        run_dir="models/{pair}/{system}/seed{seed}/unmt",
+        settings=lambda w: settings_json(unmt_settings(config, w.system, w.pair, int(w.seed))),
         corpora=lambda w: corpora_args(unmt_corpora(w)),
     threads: train_threads(config)
     resources:
@@ -26,9 +26,9 @@ rule unmt:
     conda:
         "../envs/relm.yaml"
     log:
-        "logs/unmt/{pair}.{system}.log",
+        "logs/unmt/{pair}.{system}.seed{seed}.log",
     benchmark:
-        "benchmarks/unmt/{pair}.{system}.tsv"
+        "benchmarks/unmt/{pair}.{system}.seed{seed}.tsv"
     shell:
         "{params.relm} train unmt --run-dir {params.run_dir:q} --settings {params.settings:q} --vocab {input.vocab:q} "
         "{params.corpora} --init {input.init:q} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -27,7 +27,7 @@ def test_tables_agree_with_score_files(tiny_run):
     md = (wd / "results/bleu.md").read_text()
     for system in SYSTEMS:
         for direction in ("hx-lx", "lx-hx"):
-            score = json.loads((wd / f"results/lx-hx/{system}/test.{direction}.json").read_text())
+            score = json.loads((wd / f"results/lx-hx/{system}/seed0/test.{direction}.json").read_text())
             bleu = score["metrics"]["bleu"]
             row = [r for r in rows if (r["system"], r["direction"], r["metric"]) == (system, direction, "bleu")]
             assert len(row) == 1 and abs(float(row[0]["score"]) - bleu["score"]) < 1e-3
@@ -42,7 +42,7 @@ def test_every_system_translated_every_line(tiny_run):
     n_ref = len((wd / "data/lx-hx/raw/test.lx").read_text().splitlines())
     for system in SYSTEMS:
         for direction in ("hx-lx", "lx-hx"):
-            hyp = (wd / f"results/lx-hx/{system}/test.{direction}.hyp").read_text().splitlines()
+            hyp = (wd / f"results/lx-hx/{system}/seed0/test.{direction}.hyp").read_text().splitlines()
             assert len(hyp) == n_ref
 
 
@@ -50,11 +50,11 @@ def test_runs_write_their_resolved_config(tiny_run):
     """Each run's config.yaml is complete (every dataclass field) and carries the workflow's values."""
     wd, cfg = tiny_run
     tiny = yaml.safe_load(cfg.read_text())
-    for run_dir in ["models/hx/mlm"] + [f"models/lx-hx/{s}/{st}" for s in SYSTEMS for st in ("mlm", "unmt")]:
+    for run_dir in ["models/hx/mlm"] + [f"models/lx-hx/{s}/seed0/{st}" for s in SYSTEMS for st in ("mlm", "unmt")]:
         resolved = yaml.safe_load((wd / run_dir / "config.yaml").read_text())
         assert resolved["model"]["dim"] == tiny["model"]["dim"], run_dir
         assert "warmup_updates" in resolved["optim"] and "max_nan_steps" in resolved["run"]
-    adapters = yaml.safe_load((wd / "models/lx-hx/relm_adapters/mlm/config.yaml").read_text())
+    adapters = yaml.safe_load((wd / "models/lx-hx/relm_adapters/seed0/mlm/config.yaml").read_text())
     assert adapters["trainable"] == "adapters" and adapters["mlm_steps"] == ["lx"]
     assert adapters["model"]["adapter_size"] == tiny["mlm_systems"]["relm_adapters"]["model"]["adapter_size"]
 
@@ -102,7 +102,7 @@ def test_per_pair_target_leaves_other_pairs_alone(tmp_path):
 def test_every_system_learns_to_translate(learning_run, system, direction):
     """Unsupervised MT works on the demo pair: test BLEU clearly above the copy baseline (source as translation)."""
     wd, _ = learning_run
-    score = json.loads((wd / f"results/lx-hx/{system}/test.{direction}.json").read_text())
+    score = json.loads((wd / f"results/lx-hx/{system}/seed0/test.{direction}.json").read_text())
     bleu, copy = score["metrics"]["bleu"]["score"], score["copy_bleu"]
     assert bleu >= copy + 1.0, f"{system} {direction}: BLEU {bleu:.2f} vs copy baseline {copy:.2f}"
 
@@ -116,12 +116,12 @@ def test_learning_curves_go_the_right_way(learning_run):
         return [json.loads(line) for line in (wd / run_dir / "metrics.jsonl").read_text().splitlines()]
 
     for run_dir, metric in [("models/hx/mlm", "valid_hx_mlm_ppl")] + [
-        (f"models/lx-hx/{system}/mlm", "valid_lx_mlm_ppl") for system in SYSTEMS
+        (f"models/lx-hx/{system}/seed0/mlm", "valid_lx_mlm_ppl") for system in SYSTEMS
     ]:
         hist = history(run_dir)
         assert len(hist) >= 2 and hist[-1][metric] < hist[0][metric], run_dir
     for system in SYSTEMS:
-        hist = history(f"models/lx-hx/{system}/unmt")
+        hist = history(f"models/lx-hx/{system}/seed0/unmt")
         assert max(h["valid_lx-hx_mt_bleu"] for h in hist) > 1.0
 
 
@@ -135,7 +135,7 @@ def test_translate_cli_round_trip_on_trained_model(learning_run, tmp_path):
     lines = [src[0], "", src[1], src[2], "", "", src[3], src[4] + " " + src[5], src[6]]
     inp = tmp_path / "in.hx"
     inp.write_text("\n".join(lines) + "\n")
-    cmd = ["relm", "translate", "--model", str(wd / "models/lx-hx/relm/unmt/model.pt"), "--src-lang", "hx",
+    cmd = ["relm", "translate", "--model", str(wd / "models/lx-hx/relm/seed0/unmt/model.pt"), "--src-lang", "hx",
            "--tgt-lang", "lx", "--codes", str(wd / "data/hx/codes.hx")]
     out = subprocess.run(cmd + ["--input", str(inp), "--output", str(tmp_path / "out.lx")], check=True,
                          capture_output=True, text=True)

@@ -84,3 +84,33 @@ def test_shuffle_moves_words_and_is_deterministic():
     assert not torch.equal(a[0], c[0])
     y, _ = word_shuffle(x, lengths, 3, np.random.RandomState(0))
     assert not torch.equal(y, x)
+
+
+def dropout_per_sentence(x, lengths, p, rng):
+    """XLM's per-sentence word dropout, kept as the reference of the vectorized one."""
+    bs, slen = x.shape
+    keep = rng.rand(bs, slen - 1) >= p
+    keep[:, 0] = True
+    rows_ = []
+    for i in range(bs):
+        words = x[i, : lengths[i] - 1].tolist()
+        new = [w for j, w in enumerate(words) if keep[i, j]]
+        if len(new) == 1 and len(words) > 1:
+            new.append(words[rng.randint(1, len(words))])
+        rows_.append(new + [1])
+    out = torch.full((bs, max(map(len, rows_))), PAD, dtype=x.dtype)
+    for i, r in enumerate(rows_):
+        out[i, : len(r)] = torch.tensor(r)
+    return out, torch.tensor([len(r) for r in rows_])
+
+
+@settings(max_examples=200, deadline=None)
+@given(sentences, st.floats(0.01, 1), seeds)
+def test_dropout_equals_the_per_sentence_loop(sents, p, seed):
+    """Same output and same random stream afterwards (the next draw agrees) as XLM's loop."""
+    x, lengths = pad_batch([np.array(s) for s in sents])
+    r1, r2 = np.random.RandomState(seed), np.random.RandomState(seed)
+    y1, l1 = word_dropout(x, lengths, p, r1)
+    y2, l2 = dropout_per_sentence(x, lengths, p, r2)
+    assert torch.equal(y1, y2) and torch.equal(l1, l2)
+    assert r1.randint(1 << 30) == r2.randint(1 << 30)

@@ -316,7 +316,7 @@ def test_workflow_starts_from_a_released_mlm(tmp_path):
     for split in ("valid", "test"):  # only HMR pretraining evaluates on these
         del cfg["data"]["hx"][f"{split}.hx"]
     wd = tmp_path / "run"
-    snakemake(wd, "--cores", "2", "models/lx-hx/relm/unmt/model.pt", "models/lx-hx/relm_adapters/unmt/model.pt",
+    snakemake(wd, "--cores", "2", "models/lx-hx/relm/seed0/unmt/model.pt", "models/lx-hx/relm_adapters/seed0/unmt/model.pt",
               config=write_config(tmp_path / "run.yaml", cfg))
     for skipped in ("pretrain", "bpe_learn_hmr", "vocab_hmr"):
         assert not (wd / "logs" / skipped).exists(), skipped
@@ -337,12 +337,12 @@ def test_workflow_starts_from_a_released_mlm(tmp_path):
     assert imported.words == release["words"]
     assert torch.equal(imported.encoder.state_dict()["embeddings.weight"], state["embeddings.weight"])
     for system in ("relm", "relm_adapters"):
-        log = (wd / f"logs/mlm/lx-hx.{system}.log").read_text()
+        log = (wd / f"logs/mlm/lx-hx.{system}.seed0.log").read_text()
         assert "initialized from models/hx/released/model.pt, vocabulary extended by" in log, system
-    adapters = load_model(wd / "models/lx-hx/relm_adapters/mlm/model.pt").encoder.state_dict()
+    adapters = load_model(wd / "models/lx-hx/relm_adapters/seed0/mlm/model.pt").encoder.state_dict()
     for key in ("attentions.0.q_lin.weight", "ffns.0.lin1.weight", "layer_norm2.0.bias"):  # frozen in that stage
         assert torch.equal(adapters[key], state[key]), key
-    relm = load_model(wd / "models/lx-hx/relm/mlm/model.pt")
+    relm = load_model(wd / "models/lx-hx/relm/seed0/mlm/model.pt")
     assert relm.words[:n] == release["words"] and len(relm.words) > n  # the extended dictionary
     for system in ("relm", "relm_adapters"):
-        assert (wd / f"models/lx-hx/{system}/unmt/model.pt").is_file()
+        assert (wd / f"models/lx-hx/{system}/seed0/unmt/model.pt").is_file()

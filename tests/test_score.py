@@ -26,10 +26,10 @@ def test_identical_is_100_with_signatures(tmp_path):
     out = tmp_path / "scores" / "s.json"
     r = score_file(hyp, ref, "en", meta={**META, "pair": "lx-hx"}, out=out)
     assert json.loads(out.read_text()) == r
-    for m in ("bleu", "chrf", "tok_bleu"):
+    for m in ("bleu", "chrf++", "tok_bleu"):
         assert r["metrics"][m]["score"] == pytest.approx(100.0)
     assert "tok:13a" in r["metrics"]["bleu"]["signature"] and "version:2." in r["metrics"]["bleu"]["signature"]
-    assert "nc:6" in r["metrics"]["chrf"]["signature"]
+    assert "nc:6" in r["metrics"]["chrf++"]["signature"] and "nw:2" in r["metrics"]["chrf++"]["signature"]
     sig = r["metrics"]["tok_bleu"]["signature"]
     assert "tok:none" in sig and "smooth:none" in sig and "pretok:relm-moses-en" in sig
     assert (r["pair"], r["system"], r["direction"], r["split"]) == ("lx-hx", "relm", "mk-en", "test")
@@ -82,7 +82,7 @@ def _corpus(n=150, seed=0):
     return refs, good, bad
 
 
-@pytest.mark.parametrize("metric", ["bleu", "chrf", "tok_bleu"])
+@pytest.mark.parametrize("metric", ["bleu", "chrf++", "tok_bleu"])
 def test_bootstrap_clearly_better_is_significant(metric):
     refs, good, bad = _corpus()
     sig = paired_bootstrap(good, bad, refs, n_samples=300, metric=metric, tgt_lang="en")
@@ -101,8 +101,8 @@ def test_bootstrap_identical_and_close_not_significant():
 
 def test_bootstrap_is_seeded_and_checks_lengths(tmp_path):
     refs, good, bad = _corpus(n=60)
-    a = paired_bootstrap(good, bad, refs, n_samples=200, seed=7, metric="chrf")
-    b = paired_bootstrap(good, bad, refs, n_samples=200, seed=7, metric="chrf")
+    a = paired_bootstrap(good, bad, refs, n_samples=200, seed=7, metric="chrf++")
+    b = paired_bootstrap(good, bad, refs, n_samples=200, seed=7, metric="chrf++")
     assert a == b
     with pytest.raises(ValueError, match="line count"):
         paired_bootstrap(good[:-1], bad, refs)

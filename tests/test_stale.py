@@ -18,10 +18,10 @@ from workflow_utils import snakemake
 pytestmark = pytest.mark.slow
 
 PAIR, SYSTEMS = "lx-hx", ["xlm", "relm", "relm_adapters"]
-MLM_RUNS = ["models/hx/mlm"] + [f"models/{PAIR}/{s}/mlm" for s in SYSTEMS]
-UNMT_RUNS = [f"models/{PAIR}/{s}/unmt" for s in SYSTEMS]
+MLM_RUNS = ["models/hx/mlm"] + [f"models/{PAIR}/{s}/seed0/mlm" for s in SYSTEMS]
+UNMT_RUNS = [f"models/{PAIR}/{s}/seed0/unmt" for s in SYSTEMS]
 LOGS = {"models/hx/mlm": "logs/pretrain/hx.log",
-        **{f"models/{PAIR}/{s}/{st}": f"logs/{st}/{PAIR}.{s}.log" for s in SYSTEMS for st in ("mlm", "unmt")}}
+        **{f"models/{PAIR}/{s}/seed0/{st}": f"logs/{st}/{PAIR}.{s}.seed0.log" for s in SYSTEMS for st in ("mlm", "unmt")}}
 
 
 def weights(path) -> dict:

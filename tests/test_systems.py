@@ -7,7 +7,7 @@ import yaml
 
 from relm.config import MLMConfig, UNMTConfig, from_dict
 from relm.errors import ConfigError
-from relm.systems import DICTIONARIES, SYSTEMS, codes_for, mlm_langs, mlm_settings, unmt_settings
+from relm.systems import DICTIONARIES, SYSTEMS, codes_for, mlm_langs, mlm_settings, seeds, unmt_settings
 from relm.workflow import check_config
 from workflow_utils import REPO, demo_config, snakemake
 
@@ -69,6 +69,17 @@ def test_unmt_model_follows_the_systems_mlm():
     assert from_dict(UNMTConfig, ad).run.stopping_criterion == "valid_lx-hx_mt_bleu,5"
 
 
+@pytest.mark.parametrize("extra, expect", [({}, [0]), ({"seed": 7}, [7]), ({"seed": 7, "seeds": [3, 1]}, [3, 1])])
+def test_seeds_default_to_the_seed_and_set_each_runs_seed(extra, expect):
+    cfg = {**demo_config(), **extra}
+    cfg["unmt"] = {**cfg["unmt"], "run": {**cfg["unmt"]["run"], "seed": 99}}  # a stage's own seed is replaced
+    assert seeds(cfg) == expect
+    for seed in seeds(cfg):
+        assert mlm_settings(cfg, "relm", "lx-hx", seed)["run"]["seed"] == seed
+        assert unmt_settings(cfg, "xlm", "lx-hx", seed)["run"]["seed"] == seed
+    assert mlm_settings(cfg)["run"]["seed"] == cfg.get("seed", 0)  # HMR pretraining: shared by the seeds
+
+
 def test_unknown_stage_key_is_named():
     cfg = demo_config()
     cfg["mlm_systems"]["relm"]["run"]["max_stepz"] = 3
@@ -80,6 +91,9 @@ def test_unknown_stage_key_is_named():
     (lambda c: c.update(finetune={"run": {}}), "'finetune' is now 'mlm_systems.relm'"),
     (lambda c: c.update(runtime={"xlm_mlm": 5}), "'runtime.xlm_mlm' is now 'runtime.mlm'"),
     (lambda c: c.update(systems=["xlm", "bert"]), "unknown system 'bert'"),
+    (lambda c: c.update(seeds=[]), "config key 'seeds'"),
+    (lambda c: c.update(seeds=[1, 1]), "config key 'seeds'"),
+    (lambda c: c["mlm"].update(new_lang_emb="ones"), "config key 'mlm.new_lang_emb'"),
     (lambda c: c["mlm_systems"].update(bert={}), "config key 'mlm_systems': unknown system 'bert'"),
     (lambda c: c["model"].update(dim="big"), "config key 'model.dim'"),
     (lambda c: c.update(pairs=["lx-en"]), "must end with the HMR language"),

@@ -12,7 +12,7 @@ from relm.evaluate.tables import TSV_COLUMNS, collect, write_compute_table, writ
 
 SIG = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
 TSIG = "nrefs:1|case:mixed|eff:no|tok:none|smooth:none|version:2.6.0|pretok:relm-moses-en"
-CSIG = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"
+CSIG = "nrefs:1|case:mixed|eff:yes|nc:6|nw:2|space:no|version:2.6.0"
 
 # (pair, system, direction, split) -> (bleu, tok_bleu). relm_adapters was not run; sq-en has en->sq only.
 SCORES = {
@@ -32,7 +32,7 @@ def hand_written(tmp_path, scores=SCORES):
         src, tgt = direction.split("-")
         d = {"pair": pair, "system": system, "direction": direction, "split": split, "src_lang": src, "tgt_lang": tgt,
              "n_lines": 3000, "hyp": f"hyp.{i}", "ref": f"ref.{direction}",
-             "metrics": {"bleu": {"score": bleu, "signature": SIG}, "chrf": {"score": 40.0, "signature": CSIG},
+             "metrics": {"bleu": {"score": bleu, "signature": SIG}, "chrf++": {"score": 40.0, "signature": CSIG},
                          "tok_bleu": {"score": tok, "signature": TSIG}},
              "copy_bleu": 1.5 if system == "xlm" else None}
         p = tmp_path / f"{i}.json"
@@ -81,14 +81,16 @@ def test_unknown_system_gets_own_row(tmp_path):
 def test_latex_layout(tmp_path):
     write_tables(hand_written(tmp_path), tmp_path, bootstrap=False)
     tex = (tmp_path / "bleu.tex").read_text()
-    assert tex.count(r"\begin{table}") == 2 and tex.count(r"\end{tabular}") == 2
+    assert tex.count(r"\begin{table}") == 3 and tex.count(r"\end{tabular}") == 3
     first = tex.split(r"\end{table}")[0]
     assert r"\multicolumn{2}{c}{mk-en} & \multicolumn{2}{c}{sq-en}" in first
     assert r"System & en$\rightarrow$mk & mk$\rightarrow$en & en$\rightarrow$sq & sq$\rightarrow$en \\" in first
     assert r"XLM & 10.0 & \textbf{12.0} & 20.0 & -- \\" in first
     assert r"RE-LM + adapters & -- & -- & -- & -- \\" in first
     assert r"\texttt{nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0}" in first
-    assert "Detokenized BLEU" in first and "Tokenized BLEU" in tex.split(r"\end{table}")[1]
+    tables = tex.split(r"\end{table}")
+    assert "Detokenized BLEU" in first and "chrF++" in tables[1] and "Tokenized BLEU" in tables[2]
+    assert "nw:2" in tables[1]
 
 
 def test_tsv(tmp_path):
@@ -128,7 +130,7 @@ def test_significance_marks(tmp_path):
         jsons.append(score_file(hyp, ref, "en", meta=meta, out=tmp_path / f"{system}.json") and tmp_path / f"{system}.json")
     df = write_tables(jsons, tmp_path / "t", n_samples=200)
     p = df.set_index(["system", "metric"]).p_value_vs_baseline
-    assert p["relm", "bleu"] < 0.05 and p["relm", "chrf"] < 0.05 and p["relm", "tok_bleu"] < 0.05
+    assert p["relm", "bleu"] < 0.05 and p["relm", "chrf++"] < 0.05 and p["relm", "tok_bleu"] < 0.05
     assert p["relm_adapters", "bleu"] == 1.0 and pd.isna(p["xlm", "bleu"])
     t = section((tmp_path / "t" / "bleu.md").read_text(), "Detokenized")
     assert "†" in t[3] and t[3].startswith("| RE-LM | – | **") and "†" not in t[2] + t[4]
@@ -136,6 +138,45 @@ def test_significance_marks(tmp_path):
     tsv = pd.read_csv(tmp_path / "t" / "scores.tsv", sep="\t")
     assert tsv[tsv.system == "relm"].p_value_vs_baseline.max() < 0.05
     assert r"$^\dagger$" in (tmp_path / "t" / "bleu.tex").read_text()
+
+
+def test_seeds_mean_sd_per_seed_and_pooled_significance(tmp_path):
+    """Three seeds: mean ± sd cells, per-seed rows and p-values in the TSV, a pooled test on the "all" rows."""
+    rnd = random.Random(3)
+    words = "the a cat dog sat ran on under mat house red blue big small old new".split()
+    refs = [" ".join(rnd.choice(words) for _ in range(10)) + "." for _ in range(40)]
+    ref = _write(tmp_path / "test.en", refs)
+    jsons = []
+    for seed, keep in ((0, 7), (1, 8), (2, 6)):
+        for system, n_good in (("xlm", 2), ("relm", keep)):  # of every 10 lines, n_good are the reference
+            hyps = [r if i % 10 < n_good else " ".join(r.split()[:3]) for i, r in enumerate(refs)]
+            hyp = _write(tmp_path / f"{system}.{seed}.en", hyps)
+            meta = {"pair": "mk-en", "system": system, "direction": "mk-en", "split": "test", "seed": seed}
+            jsons.append(tmp_path / f"{system}.{seed}.json")
+            score_file(hyp, ref, "en", src=ref, meta=meta, out=jsons[-1])
+    df = write_tables(jsons, tmp_path / "t", n_samples=200)
+    tsv = pd.read_csv(tmp_path / "t" / "scores.tsv", sep="\t", dtype={"seed": str})
+    assert list(tsv.columns) == TSV_COLUMNS
+    bleu = tsv[(tsv.metric == "bleu") & (tsv.system == "relm")].set_index("seed")
+    assert sorted(bleu.index) == ["0", "1", "2", "all"]
+    per_seed = [bleu.score[s] for s in "012"]
+    assert bleu.score["all"] == pytest.approx(sum(per_seed) / 3, abs=1e-3)
+    assert bleu.sd["all"] == pytest.approx(pd.Series(per_seed).std(), abs=1e-3) and bleu.sd[["0", "1", "2"]].isna().all()
+    assert bleu.p_value_vs_baseline.notna().all()
+    assert bleu.p_value_vs_baseline["all"] < 0.05
+    assert len(tsv[tsv.system == "copy"]) == 1  # the copy baseline does not depend on the seed
+    md = (tmp_path / "t" / "bleu.md").read_text()
+    t = section(md, "Detokenized")
+    mean, sd = bleu.score["all"], bleu.sd["all"]
+    assert t[3].startswith(f"| RE-LM | – | **{mean:.1f} ± {sd:.1f}†**")
+    assert "mean ± sample sd over 3 training seeds" in md and "seeds 0, 1, 2 pooled" in md
+    per = [l for l in t if l.startswith("| seed ")]  # the per-seed table below the main one
+    assert [l.split(":")[0] for l in per] == ["| seed 0"] * 2 + ["| seed 1"] * 2 + ["| seed 2"] * 2  # systems run
+    assert f"{per_seed[1]:.1f}" in next(l for l in per if l.startswith("| seed 1: RE-LM |"))
+    assert r"$\pm$" in (tmp_path / "t" / "bleu.tex").read_text()
+    assert len(df[(df.seed == "all") & (df.system == "xlm")]) == 3  # bleu, chrf++, tok_bleu
+    plot_bleu_bars(tmp_path / "t" / "scores.tsv", tmp_path / "bars.png")  # mean, sd bars, one dot per seed
+    assert matplotlib.image.imread(tmp_path / "bars.png").shape[0] > 100
 
 
 HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -156,6 +197,25 @@ def test_compute_table(tmp_path):
     assert "| tokenize | – | 0:00:00 | – | – |" in md
     assert "| **Total** | | 1:02:21 | 1:00:10 | 2049 (max) |" in md
     assert list(df.stage) == ["unmt", "mlm", "tokenize"]
+
+
+def test_compute_table_core_use(tmp_path):
+    """Two jobs on 2 cores: one from t=0 to 100 s (90 CPU s), one from 50 to 300 s (240 CPU s): span 300 s, 600
+    core-seconds available, 330 busy, 270 idle."""
+    import os
+
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_text(HEADER + "100\t0:01:40\t10\t1\t1\t1\t1\t1\t1\t90\n")
+    b.write_text(HEADER + "250\t0:04:10\t10\t1\t1\t1\t1\t1\t1\t240\n")
+    t0 = 1_700_000_000
+    os.utime(a, (t0 + 100, t0 + 100))
+    os.utime(b, (t0 + 300, t0 + 300))
+    write_compute_table({"mlm/xlm": a, "unmt/xlm": b}, tmp_path / "c.md", cores=2)
+    text = (tmp_path / "c.md").read_text()
+    assert "0:05:00 on 2 cores = 10.0 core-minutes; busy (the jobs' CPU time) 5.5 core-minutes (55%), idle " \
+           "**4.5 core-minutes**" in text
+    write_compute_table({"mlm/xlm": a}, tmp_path / "d.md")  # no --cores (a cluster run): no core-use section
+    assert "Core use" not in (tmp_path / "d.md").read_text()
 
 
 @pytest.mark.parametrize("label,stage,system", [
@@ -195,14 +255,17 @@ def _nontrivial_png(path):
 def test_plot_curves(tmp_path):
     mlm = _metrics(tmp_path / "mlm.jsonl", [
         {"epoch": e, "step": 100 * e, "time_s": e, "valid_mk_mlm_ppl": 500 / (e + 1), "valid_en_mlm_ppl": 300 / (e + 1),
-         "valid_mlm_ppl": 400 / (e + 1)} for e in range(5)] + [{"epoch": 5, "step": 550, "train_loss": 3.0}])
+         "valid_mlm_ppl": 400 / (e + 1), "train_mlm_mk_loss": 5 - e / 2} for e in range(5)]
+        + [{"epoch": 5, "step": 550, "train_loss": 3.0}])
     unmt = _metrics(tmp_path / "unmt.jsonl", [
-        {"epoch": e, "step": 50 * e, "time_s": e, "valid_en-mk_mt_bleu": e * 1.5, "valid_mk-en_mt_bleu": e * 2.0,
-         "valid_mk-en_mt_ppl": 30.0} for e in range(4)])
+        {"epoch": e, "step": 50 * e, "time_s": e, "cpu_s": 30.0 * e, "valid_en-mk_mt_bleu": e * 1.5,
+         "valid_mk-en_mt_bleu": e * 2.0, "valid_mk-en_mt_ppl": 30.0, "train_ae_en_loss": 4.0 - e,
+         "train_bt_en-mk-en_loss": 5.0 - e} for e in range(4)])
     out = tmp_path / "plots" / "curves.mk-en.png"
     got = plot_curves({"relm/mlm": mlm, "relm/unmt": unmt}, out, title="mk-en")
     assert sorted(got["mlm_ppl"]) == ["relm/mlm en", "relm/mlm mk"]
-    assert sorted(got["mt_bleu"]) == ["relm/unmt en→mk", "relm/unmt mk→en"]
+    assert sorted(got["mt_bleu"]) == sorted(got["mt_bleu_cpu"]) == ["relm/unmt en→mk", "relm/unmt mk→en"]
+    assert sorted(got["train_loss"]) == ["relm/mlm mlm_mk", "relm/unmt ae_en", "relm/unmt bt_en-mk-en"]
     _nontrivial_png(out)
 
 
@@ -211,7 +274,7 @@ def test_plot_curves_missing_metrics(tmp_path):
                                            {"epoch": 1, "step": 20, "valid_mk_mlm_ppl": 50.0}])
     out = tmp_path / "c.png"
     got = plot_curves({"xlm/mlm": mlm, "xlm/unmt": tmp_path / "not-yet.jsonl"}, out)
-    assert got == {"mlm_ppl": ["xlm/mlm mk"], "mt_bleu": []}
+    assert got == {"mlm_ppl": ["xlm/mlm mk"], "train_loss": [], "mt_bleu": [], "mt_bleu_cpu": []}
     _nontrivial_png(out)
 
 

@@ -81,7 +81,7 @@ def data(tmp_path_factory):
 
 def metrics_of(path) -> list[dict]:
     lines = Path(path).read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "time_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time_s", "cpu_s")} for line in lines]
 
 
 # --- batches --------------------------------------------------------------------------------------------------------
@@ -160,6 +160,9 @@ def test_mlm_learns_and_writes_outputs(data, tmp_path):
     for lg in ("hx", "lx"):
         assert hist[-1][f"valid_{lg}_mlm_ppl"] < 0.7 * hist[0][f"valid_{lg}_mlm_ppl"]
         assert {f"test_{lg}_mlm_ppl", f"test_{lg}_mlm_acc", "valid_mlm_ppl"} <= set(hist[-1])
+        assert hist[-1][f"train_mlm_{lg}_loss"] < hist[0][f"train_mlm_{lg}_loss"]  # the epoch's mean training loss
+    cpu = [json.loads(line)["cpu_s"] for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert 0 < cpu[0] < cpu[-1]
     loaded = load_model(tmp_path / "out.pt")
     assert loaded.kind == "mlm" and loaded.langs == ["hx", "lx"]
     assert loaded.words == Dictionary.read_vocab(data["vocab"]).words
@@ -300,7 +303,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
     assert any("WARNING" in m and str(ck) in m and "falling back" in m for m in logs), logs
     assert any(f"resuming from {ck}: step {prev_step}" in m for m in logs), logs
     assert (run / "checkpoint.pt.corrupt").stat().st_size == 1000 and safe_load(ck)["trainer"]["done"]
-    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in r.items() if k not in ("time_s", "cpu_s")} for r in h]  # noqa: E731
     assert strip(res["history"]) == strip(first["history"])  # resumed from the previous state, same result
     # both unusable: one error naming both files, and nothing is touched
     ck.write_bytes(b"garbage")
@@ -690,10 +693,11 @@ def test_relm_extension_mismatch(relm_data, tmp_path):
         train_mlm(mlm_cfg(), str(tmp_path / "run2"), r["ext"], r["train"], r["valid"], init=r["hmr_ckpt"], log=QUIET)
 
 
-def test_adapters_train_only_the_reference_set(relm_data, tmp_path):
+@pytest.mark.parametrize("train_lang_emb", [False, True])
+def test_adapters_train_only_the_reference_set(relm_data, tmp_path, train_lang_emb):
     r = relm_data
     over = {"model": {"adapter_size": 8, "dropout": 0.0, "attention_dropout": 0.0}, "trainable": "adapters",
-            "langs": ["hx", "lx"], "run": {"max_epochs": 1, "epoch_size": 16}}
+            "langs": ["hx", "lx"], "run": {"max_epochs": 1, "epoch_size": 16}, "train_lang_emb": train_lang_emb}
     cfg = mlm_cfg(**over)
     ext = Dictionary.read_vocab(r["ext"])
     torch.manual_seed(1)
@@ -703,9 +707,41 @@ def test_adapters_train_only_the_reference_set(relm_data, tmp_path):
               out=str(tmp_path / "out.pt"), log=QUIET)
     before, after = init.state_dict(), safe_load(tmp_path / "out.pt")["model"]
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    expected = {k for k in before if k.startswith(ADAPTER_TRAINABLE_PREFIXES)}
+    expected = {k for k in before if k.startswith(ADAPTER_TRAINABLE_PREFIXES)} | (
+        {"lang_embeddings.weight"} if train_lang_emb else set())
     assert changed == expected
-    assert any(k.startswith("adapters_") for k in changed) and "lang_embeddings.weight" not in changed
+    assert any(k.startswith("adapters_") for k in changed)
+
+
+@pytest.fixture(scope="module")
+def hmr_pretrained(relm_data, tmp_path_factory):
+    """A tiny HMR MLM trained well below unigram perplexity, and its last HMR validation perplexity."""
+    r, d = relm_data, tmp_path_factory.mktemp("pre")
+    binarize(r["dir"] / "valid.hx", r["dir"] / "vocab.hx", d / "valid.hx.json", "hx", log=QUIET)
+    cfg = mlm_cfg(model={"dropout": 0.0, "attention_dropout": 0.0}, run={"max_epochs": 10, "epoch_size": 800, "validation_metrics": "_valid_hx_mlm_ppl"})
+    train_mlm(cfg, str(d / "run"), str(r["dir"] / "vocab.hx"), {"hx": r["train"]["hx"]},
+              {"hx": str(d / "valid.hx.json")}, out=str(d / "hmr.pt"), metrics_out=str(d / "m.jsonl"), log=QUIET)
+    return str(d / "hmr.pt"), metrics_of(d / "m.jsonl")[-1]["valid_hx_mlm_ppl"]
+
+
+@pytest.mark.parametrize("new_lang_emb", ["random", "zero"])
+def test_adapter_stage_and_new_language_embeddings(relm_data, hmr_pretrained, tmp_path, new_lang_emb):
+    """The original adds fresh random language embeddings, frozen, to every input of the frozen HMR model; zero-init
+    ones leave the model's view of HMR text as pretrained, so HMR perplexity stays near the pretrained one."""
+    r, (init, ppl0) = relm_data, hmr_pretrained
+    cfg = mlm_cfg(model={"adapter_size": 8, "dropout": 0.0, "attention_dropout": 0.0}, trainable="adapters",
+                  langs=["hx", "lx"], mlm_steps=["lx"], new_lang_emb=new_lang_emb,
+                  run={"max_epochs": 1, "epoch_size": 80, "validation_metrics": "_valid_lx_mlm_ppl"})
+    train_mlm(cfg, str(tmp_path / "run"), r["ext"], r["train"], r["valid"], init=init, extension=r["sidecar"],
+              out=str(tmp_path / "out.pt"), metrics_out=str(tmp_path / "m.jsonl"), log=QUIET)
+    ppl = metrics_of(tmp_path / "m.jsonl")[-1]["valid_hx_mlm_ppl"]
+    lang = safe_load(tmp_path / "out.pt")["model"]["lang_embeddings.weight"]
+    if new_lang_emb == "zero":
+        assert torch.count_nonzero(lang) == 0  # frozen at 0
+        assert ppl < 1.5 * ppl0, (ppl, ppl0)
+    else:
+        assert lang.abs().mean() > 0.05
+        assert ppl > 3 * ppl0, (ppl, ppl0)  # the damage the zero setting avoids
 
 
 # --- UNMT -----------------------------------------------------------------------------------------------------------

@@ -14,12 +14,12 @@ TARGETS = [
     "data/hx/bin-hmr/train.hx.json",
     "data/lx-hx/bin-xlm/valid.lx.json",
     "models/hx/mlm/model.pt",
-    "models/lx-hx/relm/mlm/model.pt",
-    "models/lx-hx/relm_adapters/mlm/model.pt",
-    "models/lx-hx/xlm/mlm/model.pt",
-    "models/lx-hx/relm_adapters/unmt/model.pt",
-    "results/lx-hx/relm/test.hx-lx.json",
-    "results/lx-hx/xlm/test.lx-hx.hyp",
+    "models/lx-hx/relm/seed0/mlm/model.pt",
+    "models/lx-hx/relm_adapters/seed0/mlm/model.pt",
+    "models/lx-hx/xlm/seed0/mlm/model.pt",
+    "models/lx-hx/relm_adapters/seed0/unmt/model.pt",
+    "results/lx-hx/relm/seed0/test.hx-lx.json",
+    "results/lx-hx/xlm/seed0/test.lx-hx.hyp",
 ]
 
 
@@ -159,3 +159,32 @@ def test_downloads_are_local_rules(tmp_path):
                           config_settings=ConfigSettings(configfiles=[REPO / "config" / "paper.yaml"]))
         local = set(wf._workflow._localrules)
     assert local == {"fetch", "fetch_train"}
+
+
+def test_seeds_are_a_workflow_dimension(tmp_path):
+    """`seeds: [0, 2]`: every system's MLM stage, UNMT, translations and scores once per seed, with that seed in the
+    run's settings; data, BPE and HMR pretraining once; the tables read every seed's scores."""
+    import subprocess
+    import sys
+
+    from workflow_utils import write_config
+
+    cfg = write_config(tmp_path / "c.yaml", {**demo_config(), "seeds": [0, 2]})
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(cfg),
+                           "-n", "-p", "-d", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert len(jobs["pretrain"]) == len(jobs["synth"]) == len(jobs["bpe_learn_joint"]) == 1
+    for rule, per_seed in (("mlm", 3), ("unmt", 3), ("translate", 6), ("score", 6)):
+        assert len(jobs[rule]) == 2 * per_seed, rule
+        for seed in (0, 2):
+            mine = [j["shell"] for j in jobs[rule] if f"/seed{seed}/" in j["shell"]]
+            assert len(mine) == per_seed, (rule, seed)
+            if rule in ("mlm", "unmt"):
+                assert all(f'"seed": {seed},' in s for s in mine)
+            if rule == "score":
+                assert all(f"--seed {seed} " in s for s in mine)
+    (tables,) = jobs["tables"]
+    (command,) = [ln for ln in tables["shell"].splitlines() if "relm tables --scores" in ln]
+    assert command.count("/seed0/test.") == command.count("/seed2/test.") == 6

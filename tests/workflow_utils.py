@@ -44,7 +44,7 @@ def learning_config() -> dict:
     cfg["mlm_systems"]["xlm"]["run"]["max_steps"] = 1000
     for system in ("relm", "relm_adapters"):
         cfg["mlm_systems"][system]["run"]["max_steps"] = 400
-    cfg["unmt"]["run"].update(max_steps=800, epoch_size=12800)
+    cfg["unmt"]["run"].update(max_steps=1000, epoch_size=6400)  # 1000 updates of 1000 tokens, evaluated every 200
     return cfg
 
 

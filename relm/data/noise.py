@@ -29,29 +29,26 @@ def word_shuffle(x: torch.Tensor, lengths: torch.Tensor, k: float, rng: np.rando
     return out, lengths
 
 
-def _repack(rows: list[list[int]], like: torch.Tensor):
-    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
-    out = torch.full((len(rows), int(lengths.max())), PAD, dtype=like.dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r, dtype=like.dtype)
-    return out, lengths
-
-
 def word_dropout(x: torch.Tensor, lengths: torch.Tensor, p: float, rng: np.random.RandomState):
-    """Drop each word with probability p; a sentence left without words gets one random original word back."""
+    """Drop each word with probability p; a sentence left without words gets one random original word back.
+    Draws the same random numbers as XLM's per-sentence loop: one uniform per position, then one randint per
+    emptied sentence, in row order."""
     if p == 0:
         return x, lengths
     bs, slen = x.shape
     keep = rng.rand(bs, slen - 1) >= p
     keep[:, 0] = True
-    rows = []
-    for i in range(bs):
-        words = x[i, : lengths[i] - 1].tolist()  # BOS + words, without the final EOS
-        new = [w for j, w in enumerate(words) if keep[i, j]]
-        if len(new) == 1 and len(words) > 1:
-            new.append(words[rng.randint(1, len(words))])
-        rows.append(new + [EOS])
-    return _repack(rows, x)
+    n = lengths.numpy() - 1  # BOS + words, without the final EOS
+    keep &= np.arange(slen - 1)[None, :] < n[:, None]
+    for i in np.flatnonzero((keep.sum(1) == 1) & (n > 1)):
+        keep[i, rng.randint(1, n[i])] = True
+    keep_t = torch.from_numpy(keep)
+    new_len = keep_t.sum(1) + 1
+    rows, cols = keep_t.nonzero(as_tuple=True)
+    out = torch.full((bs, int(new_len.max())), PAD, dtype=x.dtype)
+    out[rows, keep_t.cumsum(1)[rows, cols] - 1] = x[rows, cols]
+    out[torch.arange(bs), new_len - 1] = EOS
+    return out, new_len
 
 
 def word_blank(x: torch.Tensor, lengths: torch.Tensor, p: float, rng: np.random.RandomState, mask_id: int = MASK):

@@ -1,7 +1,7 @@
 """Training curves and the results bar chart as PNG files (matplotlib, Agg backend: no display needed).
 
-Training runs log JSON lines {"epoch", "step", "time_s", <metric>: value, ...} (metrics.jsonl); validation metrics
-are named as in XLM: valid_{lang}_mlm_ppl, valid_{l1}-{l2}_mt_bleu.
+Training runs log JSON lines {"epoch", "step", "time_s", "cpu_s", train_<name>_loss, <metric>: value, ...}
+(metrics.jsonl); validation metrics are named as in XLM: valid_{lang}_mlm_ppl, valid_{l1}-{l2}_mt_bleu.
 """
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from relm.evaluate.tables import COPY, directions  # noqa: E402
+from relm.evaluate.tables import ALL, COPY, directions  # noqa: E402
 from relm.files import atomic_output  # noqa: E402
 from relm.systems import DISPLAY  # noqa: E402
 
 MLM_PPL = re.compile(r"^valid_(.+)_mlm_ppl$")
 MT_BLEU = re.compile(r"^valid_(.+)_mt_bleu$")
+TRAIN_LOSS = re.compile(r"^train_(.+)_loss$")
 
 
 def read_metrics(path) -> list[dict]:
@@ -62,43 +63,58 @@ def _no_data(ax, what: str) -> None:
 
 
 def plot_curves(metrics_files: dict[str, str | Path], out_png, title: str | None = None) -> dict[str, list[str]]:
-    """Validation MLM perplexity and validation BLEU against training step, one line per run (label) and language
-    or direction. Call once per language pair with that pair's runs, e.g. {"relm/mlm": path, "relm/unmt": path}.
-    Missing files and metrics are skipped (a panel without data says so). Returns the plotted series' names."""
-    fig, (ax_ppl, ax_bleu) = plt.subplots(1, 2, figsize=(12, 4.5))
+    """Four panels, one line per run (label) and language or direction: validation MLM perplexity (log scale) and
+    the epochs' mean training losses against the run's step; validation BLEU against step and against the run's CPU
+    minutes (wall minutes for metrics written before CPU time was logged). Call once per language pair with that
+    pair's runs, e.g. {"relm/mlm": path, "relm/unmt": path}. Missing files and metrics are skipped (a panel without
+    data says so). Returns the plotted series' names per panel."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    (ax_ppl, ax_loss), (ax_bleu, ax_cpu) = axes
     runs = {label: read_metrics(p) for label, p in metrics_files.items()}
-    ppl_values = []
-    styles = ["-", "--", ":", "-."]  # colour = run, line style = language / direction
+    styles = ["-", "--", ":", "-."]  # colour = run, line style = language / direction / loss
     for k, (label, records) in enumerate(runs.items()):
         color = f"C{k % 10}"
         for j, (lang, (xs, ys)) in enumerate(sorted(_series(records, MLM_PPL).items())):
             ax_ppl.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {lang}")
-            ppl_values += ys
+        for j, (name, (xs, ys)) in enumerate(sorted(_series(records, TRAIN_LOSS).items())):
+            ax_loss.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {name}")
+        minutes = [r.get("cpu_s", r.get("time_s", 0)) / 60 for r in records]
         for j, (direction, (xs, ys)) in enumerate(sorted(_series(records, MT_BLEU).items())):
-            ax_bleu.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {direction.replace('-', '→')}")
-    ax_ppl.set(title="validation MLM perplexity", xlabel="step", ylabel="perplexity")
+            name = f"{label} {direction.replace('-', '→')}"
+            ax_bleu.plot(xs, ys, styles[j % 4], color=color, marker=".", label=name)
+            by_step = {r.get("step", i): m for i, (r, m) in enumerate(zip(records, minutes))}
+            ax_cpu.plot([by_step[x] for x in xs], ys, styles[j % 4], color=color, marker=".", label=name)
+    ax_ppl.set(title="validation MLM perplexity", xlabel="step", ylabel="perplexity (log scale)")
+    ax_loss.set(title="training loss (mean over each epoch)", xlabel="step", ylabel="cross-entropy")
     ax_bleu.set(title="validation BLEU (tokenized, as in training)", xlabel="step", ylabel="BLEU")
-    if ppl_values and min(ppl_values) > 0 and max(ppl_values) / min(ppl_values) > 20:
+    ax_cpu.set(title="validation BLEU against compute", xlabel="CPU minutes of the run", ylabel="BLEU")
+    if ax_ppl.lines and all(min(l.get_ydata()) > 0 for l in ax_ppl.lines):
         ax_ppl.set_yscale("log")
-    for ax, what in ((ax_ppl, "MLM perplexity"), (ax_bleu, "BLEU")):
+    for ax, what in ((ax_ppl, "MLM perplexity"), (ax_loss, "training loss"), (ax_bleu, "BLEU"), (ax_cpu, "BLEU")):
         if ax.lines:
-            ax.legend(fontsize="small")
+            ax.legend(fontsize="x-small")
             ax.grid(alpha=0.3)
         else:
             _no_data(ax, what)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    plotted = {"mlm_ppl": [l.get_label() for l in ax_ppl.lines], "mt_bleu": [l.get_label() for l in ax_bleu.lines]}
+    plotted = {"mlm_ppl": [l.get_label() for l in ax_ppl.lines], "train_loss": [l.get_label() for l in ax_loss.lines],
+               "mt_bleu": [l.get_label() for l in ax_bleu.lines], "mt_bleu_cpu": [l.get_label() for l in ax_cpu.lines]}
     _save(fig, out_png)
     return plotted
 
 
 def plot_bleu_bars(scores_tsv, out_png, split: str = "test", pairs: list[str] | None = None) -> None:
     """Grouped bars of the main table (one group per direction, one bar per system); detokenized BLEU and, if
-    present, tokenized BLEU side by side."""
-    df = pd.read_csv(scores_tsv, sep="\t")
+    present, tokenized BLEU side by side. With several seeds: the mean, the sd as an error bar and each seed's score
+    as a dot."""
+    df = pd.read_csv(scores_tsv, sep="\t", dtype={"seed": str})
     df = df[(df["split"] == split) & (df["system"] != COPY)]
+    if "seed" not in df:  # a table written before seeds
+        df = df.assign(seed="0", sd=float("nan"))
+    seeds = df[df["seed"] != ALL]
+    df = df[df["seed"] == ALL] if (df["seed"] == ALL).any() else df
     pairs = pairs or list(dict.fromkeys(df["pair"]))
     cols = directions(pairs)
     metrics = [m for m in ("bleu", "tok_bleu") if (df["metric"] == m).any()] or ["bleu"]
@@ -108,12 +124,20 @@ def plot_bleu_bars(scores_tsv, out_png, split: str = "test", pairs: list[str] | 
     for ax, metric in zip(axes[0], metrics):
         sub = df[df["metric"] == metric].set_index(["system", "pair", "direction"])
         for k, system in enumerate(systems):
-            xs, ys = [], []
+            xs, ys, err = [], [], []
             for j, (pair, d) in enumerate(cols):
                 if (system, pair, d) in sub.index:
-                    xs.append(j + (k - (len(systems) - 1) / 2) * width)
+                    x = j + (k - (len(systems) - 1) / 2) * width
+                    xs.append(x)
                     ys.append(float(sub.loc[(system, pair, d), "score"]))
-            bars = ax.bar(xs, ys, width, label=DISPLAY.get(system, system))
+                    err.append(float(sub.loc[(system, pair, d), "sd"]))
+                    runs = seeds[(seeds.metric == metric) & (seeds.system == system) & (seeds.pair == pair)
+                                 & (seeds.direction == d)]
+                    if len(runs) > 1:
+                        ax.plot([x] * len(runs), runs.score, ".", color="black", markersize=4, zorder=3)
+            has_err = any(math.isfinite(e) for e in err)
+            bars = ax.bar(xs, ys, width, yerr=[e if math.isfinite(e) else 0 for e in err] if has_err else None,
+                          capsize=3, label=DISPLAY.get(system, system))
             ax.bar_label(bars, fmt="%.1f", fontsize="x-small")
         ax.set_xticks(range(len(cols)), [d.replace("-", "→") for _, d in cols])
         ax.set(title=f"{'tokenized BLEU' if metric == 'tok_bleu' else 'sacreBLEU'} ({split})", ylabel="BLEU")

@@ -1,4 +1,4 @@
-"""Score translations: sacreBLEU BLEU/chrF on detokenized text, the original's tokenized BLEU, significance.
+"""Score translations: sacreBLEU BLEU/chrF++ on detokenized text, the original's tokenized BLEU, significance.
 
 The original RE-LM/XLM code reports `multi-bleu.perl` on Moses-tokenized, BPE-removed text (case-sensitive, no
 smoothing). That number is kept as `tok_bleu` so our results can be put next to the paper's; the headline numbers
@@ -43,12 +43,17 @@ def tokenize_lines(lines: Sequence[str], lang: str) -> list[str]:
     return [normalize_tokenize_line(line, lang) if line.strip() else "" for line in lines]
 
 
+def _chrf_pp() -> CHRF:
+    """chrF++ (Popović 2017): character n-grams plus word uni- and bigrams; signature '...nw:2...'."""
+    return CHRF(word_order=2)
+
+
 def score_lines(hyps: Sequence[str], refs: Sequence[str], tgt_lang: str, srcs: Sequence[str] | None = None) -> dict:
     """Metrics dict + copy-baseline BLEU for detokenized hypotheses/references (and optionally sources)."""
-    bleu, chrf, tbleu = BLEU(), CHRF(), _tok_bleu_metric()
+    bleu, chrf, tbleu = BLEU(), _chrf_pp(), _tok_bleu_metric()
     metrics = {
         "bleu": {"score": bleu.corpus_score(hyps, [refs]).score, "signature": bleu.get_signature().format()},
-        "chrf": {"score": chrf.corpus_score(hyps, [refs]).score, "signature": chrf.get_signature().format()},
+        "chrf++": {"score": chrf.corpus_score(hyps, [refs]).score, "signature": chrf.get_signature().format()},
         "tok_bleu": {
             "score": tbleu.corpus_score(tokenize_lines(hyps, tgt_lang), [tokenize_lines(refs, tgt_lang)]).score,
             "signature": tbleu.get_signature().format() + _tok_suffix(tgt_lang),
@@ -68,7 +73,7 @@ def _check_aligned(a: Sequence, a_name, b: Sequence, b_name, what="hypothesis") 
 def score_file(hyp, ref, tgt_lang: str, src=None, meta: dict | None = None, out=None) -> dict:
     """Score a detokenized hypothesis file against its reference; write the result JSON to `out` if given.
 
-    meta supplies pair/system/direction/split (and src_lang, else taken from direction "src-tgt").
+    meta supplies pair/system/direction/split/seed (and src_lang, else taken from direction "src-tgt").
     """
     meta = dict(meta or {})
     hyps, refs = read_lines(hyp), read_lines(ref)
@@ -88,6 +93,7 @@ def score_file(hyp, ref, tgt_lang: str, src=None, meta: dict | None = None, out=
         "system": meta.get("system"),
         "direction": direction or (f"{src_lang}-{tgt_lang}" if src_lang else None),
         "split": meta.get("split"),
+        "seed": int(meta.get("seed") or 0),
         "src_lang": src_lang,
         "tgt_lang": tgt_lang,
         "n_lines": len(refs),
@@ -137,13 +143,13 @@ def paired_bootstrap_many(
 ) -> dict[str, Significance]:
     """sacreBLEU's paired bootstrap test of each system against one baseline (same resamples for all systems).
 
-    Lines are detokenized text; metric: "bleu" | "chrf" | "tok_bleu" (the latter tokenizes all lines for tgt_lang
+    Lines are detokenized text; metric: "bleu" | "chrf++" | "tok_bleu" (the latter tokenizes all lines for tgt_lang
     first, unless pretokenized). p_value: probability of a score difference this large by chance.
     seed 0 or None = unseeded (sacreBLEU's convention).
     """
-    makers = {"bleu": BLEU, "chrf": CHRF, "tok_bleu": _tok_bleu_metric}
+    makers = {"bleu": BLEU, "chrf++": _chrf_pp, "tok_bleu": _tok_bleu_metric}
     if metric not in makers:
-        raise ValueError(f"unknown metric {metric!r} (bleu, chrf, tok_bleu)")
+        raise ValueError(f"unknown metric {metric!r} (bleu, chrf++, tok_bleu)")
     for name, hyps in {**systems, "baseline": hyps_base}.items():
         _check_aligned(hyps, name, refs, "reference", what="hypothesis (lines)")
     if metric == "tok_bleu" and not pretokenized:

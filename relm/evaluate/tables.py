@@ -21,24 +21,31 @@ from relm.systems import DISPLAY
 
 METRIC_TITLES = {
     "bleu": "Detokenized BLEU (sacreBLEU)",
+    "chrf++": "chrF++ (sacreBLEU, detokenized)",
     "tok_bleu": "Tokenized BLEU (multi-bleu.perl style on Moses-tokenized text, as reported by the original code)",
 }
+TABLE_METRICS = ("bleu", "chrf++", "tok_bleu")
 COPY = "copy"  # pseudo-system: the source sentence used as its own translation
-TSV_COLUMNS = ["pair", "system", "direction", "split", "metric", "score", "signature", "p_value_vs_baseline"]
+ALL = "all"  # the seed of summary rows: mean and sd over the seeds, p-value of the seeds' translations pooled
+TSV_COLUMNS = ["pair", "system", "direction", "split", "metric", "seed", "score", "sd", "signature",
+               "p_value_vs_baseline"]
+CELL = ["pair", "system", "direction", "split", "metric"]
 ALPHA = 0.05
 MISSING_MD, MISSING_TEX = "–", "--"
 
 
 def collect(score_jsons: Iterable[str | Path]) -> pd.DataFrame:
-    """Long table, one row per (pair, system, direction, split, metric); copy-baseline BLEU as system "copy"."""
+    """Long table, one row per (pair, system, direction, split, metric, seed); copy-baseline BLEU as system "copy"
+    (once per pair, direction and split: it does not depend on the seed)."""
     rows, seen = [], set()
     for path in score_jsons:
         d = json.loads(Path(path).read_text(encoding="utf-8"))
-        key = (d["pair"], d["system"], d["direction"], d["split"])
+        seed = str(d.get("seed", 0))
+        key = (d["pair"], d["system"], d["direction"], d["split"], seed)
         if key in seen:
-            raise ValueError(f"duplicate scores for pair/system/direction/split {key} (in {path})")
+            raise ValueError(f"duplicate scores for pair/system/direction/split/seed {key} (in {path})")
         seen.add(key)
-        common = {k: d[k] for k in ("pair", "system", "direction", "split")}
+        common = {**{k: d[k] for k in ("pair", "system", "direction", "split")}, "seed": seed}
         extra = {"tgt_lang": d.get("tgt_lang"), "n_lines": d.get("n_lines"), "hyp": d.get("hyp"), "ref": d.get("ref")}
         for metric, m in d["metrics"].items():
             rows.append({**common, "metric": metric, "score": m["score"], "signature": m["signature"], **extra})
@@ -47,16 +54,34 @@ def collect(score_jsons: Iterable[str | Path]) -> pd.DataFrame:
             seen.add(copy_key)
             rows.append({**common, "system": COPY, "metric": "bleu", "score": d["copy_bleu"],
                          "signature": d["metrics"]["bleu"]["signature"], **extra, "hyp": d.get("src")})
-    cols = TSV_COLUMNS[:-1] + ["tgt_lang", "n_lines", "hyp", "ref"]
+    cols = ["pair", "system", "direction", "split", "metric", "seed", "score", "signature", "tgt_lang", "n_lines",
+            "hyp", "ref"]
     df = pd.DataFrame(rows, columns=cols)
+    df["sd"] = math.nan
     df["p_value_vs_baseline"] = math.nan
-    return df
+    return add_summary(df)
+
+
+def add_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Append rows with seed "all" (mean, sample sd over the seeds) when some cell has more than one seed."""
+    per = df[(df.seed != ALL) & (df.system != COPY)]
+    if per.empty or per.groupby(CELL)["seed"].nunique().max() <= 1:
+        return df
+    rows = []
+    for key, g in per.groupby(CELL, sort=False):
+        rows.append({**dict(zip(CELL, key)), "seed": ALL, "score": g.score.mean(),
+                     "sd": g.score.std(ddof=1) if len(g) > 1 else math.nan, "signature": g.signature.iloc[0],
+                     "tgt_lang": g.tgt_lang.iloc[0], "n_lines": g.n_lines.sum(), "hyp": None, "ref": None,
+                     "p_value_vs_baseline": math.nan})
+    return pd.concat([df, pd.DataFrame(rows, columns=df.columns)], ignore_index=True)
 
 
 def add_significance(df: pd.DataFrame, baseline: str = "xlm", n_samples: int = 1000, seed: int = 12345) -> pd.DataFrame:
-    """Fill p_value_vs_baseline by paired bootstrap of every system against the baseline on the same test set."""
+    """Fill p_value_vs_baseline by paired bootstrap of every system against the baseline: per seed (same seed, same
+    test set) and, on the "all" rows, over the translations of the seeds both have, concatenated."""
     df = df.copy()
-    base = df[df.system == baseline].set_index(["pair", "direction", "split", "metric"])
+    per = df[df.seed != ALL]
+    base = per[per.system == baseline].set_index(["pair", "direction", "split", "metric", "seed"])
     cache: dict = {}
 
     def lines(path, lang=None):  # file lines, Moses-tokenized for tok_bleu; each file is read/tokenized once
@@ -64,26 +89,43 @@ def add_significance(df: pd.DataFrame, baseline: str = "xlm", n_samples: int = 1
             cache[path, lang] = read_lines(path) if lang is None else tokenize_lines(lines(path), lang)
         return cache[path, lang]
 
-    todo = df[(df.system != baseline) & (df.system != COPY)]
-    for key, group in todo.groupby(["pair", "direction", "split", "metric"], sort=False):
+    def checked(row, b, lang):
+        if lines(row.ref) != lines(b.ref):
+            raise ValueError(f"{row.system} and {baseline} were scored against different references: "
+                             f"{row.ref}, {b.ref}")
+        ref = lines(b.ref, lang)
+        for path in (b.hyp, row.hyp):
+            if len(lines(path, lang)) != len(ref):
+                raise ValueError(f"line count mismatch: hypothesis file {path} has {len(lines(path, lang))} lines "
+                                 f"but {b.ref} has {len(ref)} lines")
+        return lines(row.hyp, lang)
+
+    todo = per[(per.system != baseline) & (per.system != COPY)]
+    for key, group in todo.groupby(["pair", "direction", "split", "metric", "seed"], sort=False):
         if key not in base.index:
             continue
         b = base.loc[key]
         lang = b.tgt_lang if key[3] == "tok_bleu" else None
-        ref = lines(b.ref, lang)
-        systems = {}
-        for i, row in group.iterrows():
-            if lines(row.ref) != lines(b.ref):
-                raise ValueError(f"{row.system} and {baseline} were scored against different references: "
-                                 f"{row.ref}, {b.ref}")
-            systems[i] = lines(row.hyp, lang)
-        for path, h in [(b.hyp, lines(b.hyp, lang))] + [(df.at[i, "hyp"], h) for i, h in systems.items()]:
-            if len(h) != len(ref):
-                raise ValueError(f"line count mismatch: hypothesis file {path} has {len(h)} lines but {b.ref} "
-                                 f"has {len(ref)} lines")
-        sigs = paired_bootstrap_many(systems, lines(b.hyp, lang), ref, n_samples=n_samples, seed=seed, metric=key[3],
-                                     tgt_lang=b.tgt_lang, pretokenized=True)
+        systems = {i: checked(row, b, lang) for i, row in group.iterrows()}
+        sigs = paired_bootstrap_many(systems, lines(b.hyp, lang), lines(b.ref, lang), n_samples=n_samples, seed=seed,
+                                     metric=key[3], tgt_lang=b.tgt_lang, pretokenized=True)
         for i, sig in sigs.items():
+            df.at[i, "p_value_vs_baseline"] = sig.p_value
+    for i, row in df[(df.seed == ALL) & (df.system != baseline) & (df.system != COPY)].iterrows():
+        runs = todo[(todo.pair == row.pair) & (todo.system == row.system) & (todo.direction == row.direction)
+                    & (todo.split == row.split) & (todo.metric == row.metric)]
+        hyps, base_hyps, refs = [], [], []
+        for _, r in runs.sort_values("seed").iterrows():
+            key = (r.pair, r.direction, r.split, r.metric, r.seed)
+            if key in base.index:
+                b = base.loc[key]
+                lang = b.tgt_lang if r.metric == "tok_bleu" else None
+                hyps += checked(r, b, lang)
+                base_hyps += lines(b.hyp, lang)
+                refs += lines(b.ref, lang)
+        if refs:
+            (sig,) = paired_bootstrap_many({"s": hyps}, base_hyps, refs, n_samples=n_samples, seed=seed,
+                                           metric=row.metric, tgt_lang=row.tgt_lang, pretokenized=True).values()
             df.at[i, "p_value_vs_baseline"] = sig.p_value
     return df
 
@@ -102,10 +144,17 @@ def _systems(df: pd.DataFrame) -> list[str]:
     return list(DISPLAY) + others
 
 
-def main_table(df: pd.DataFrame, metric: str, pairs: list[str], split: str = "test", baseline: str = "xlm"):
-    """Cells of the main table: (columns, {system: [cell or None]}) with cell = (score, bold, significant)."""
+def main_table(df: pd.DataFrame, metric: str, pairs: list[str], split: str = "test", baseline: str = "xlm",
+               seed: str | None = None):
+    """Cells of the main table: (columns, {system: [cell or None]}) with cell = [score, bold, significant, sd].
+    With several seeds the cells are the "all" rows (mean ± sd, pooled test), else the one seed's; `seed` picks one."""
     cols = directions(pairs)
-    sub = df[(df.metric == metric) & (df.split == split)].set_index(["system", "pair", "direction"])
+    sub = df[(df.metric == metric) & (df.split == split)]
+    if seed is not None:
+        sub = sub[sub.seed == seed]
+    elif (sub.seed == ALL).any():
+        sub = sub[(sub.seed == ALL) | (sub.system == COPY)]
+    sub = sub.set_index(["system", "pair", "direction"])
     cells = {}
     for system in _systems(df):
         row = []
@@ -113,7 +162,7 @@ def main_table(df: pd.DataFrame, metric: str, pairs: list[str], split: str = "te
             if (system, pair, direction) in sub.index:
                 r = sub.loc[(system, pair, direction)]
                 p = r.p_value_vs_baseline
-                row.append([float(r.score), False, system != baseline and not pd.isna(p) and p < ALPHA])
+                row.append([float(r.score), False, system != baseline and not pd.isna(p) and p < ALPHA, float(r.sd)])
             else:
                 row.append(None)
         cells[system] = row
@@ -124,6 +173,23 @@ def main_table(df: pd.DataFrame, metric: str, pairs: list[str], split: str = "te
             for c in present:
                 c[1] = round(c[0], 1) == best
     return cols, cells
+
+
+def seeds_of(df: pd.DataFrame) -> list[str]:
+    """The training seeds in the table, in numeric order."""
+    return sorted(set(df[(df.seed != ALL) & (df.system != COPY)].seed), key=int)
+
+
+def _cell(c, tex: bool) -> str:
+    if c is None:
+        return MISSING_TEX if tex else MISSING_MD
+    s = f"{c[0]:.1f}"
+    if not pd.isna(c[3]):
+        s += (r" $\pm$ " if tex else " ± ") + f"{c[3]:.1f}"
+    if tex:
+        return (rf"\textbf{{{s}}}" if c[1] else s) + (r"$^\dagger$" if c[2] else "")
+    s += "†" if c[2] else ""
+    return f"**{s}**" if c[1] else s
 
 
 def _signatures(df: pd.DataFrame, metric: str, split: str) -> list[str]:
@@ -141,26 +207,25 @@ def _arrow(direction: str, tex: bool) -> str:
     return f"{a}$\\rightarrow${b}" if tex else f"{a}→{b}"
 
 
-def _legend(baseline: str, n_samples: int | None) -> str:
+def _legend(baseline: str, n_samples: int | None, seeds: list[str] = ()) -> str:
     test = f"paired bootstrap resampling, {n_samples} samples" if n_samples else "paired bootstrap resampling"
-    return f"best per column in bold; † = significantly different from {DISPLAY.get(baseline, baseline)} ({test}, p < {ALPHA})"
+    if len(seeds) > 1:
+        test += f", the test translations of seeds {', '.join(seeds)} pooled"
+    legend = f"best per column in bold; † = significantly different from {DISPLAY.get(baseline, baseline)} ({test}, p < {ALPHA})"
+    return (f"mean ± sample sd over {len(seeds)} training seeds; " + legend) if len(seeds) > 1 else legend
+
+
+def _md_rows(cols, cells) -> list[str]:
+    return [f"| {DISPLAY.get(system, system)} | " + " | ".join(_cell(c, False) for c in row) + " |"
+            for system, row in cells.items()]
 
 
 def markdown_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None) -> str:
     cols, cells = main_table(df, metric, pairs, split, baseline)
-    lines = [f"## {METRIC_TITLES.get(metric, metric)}, {split} set", ""]
-    lines.append("| System | " + " | ".join(_arrow(d, False) for _, d in cols) + " |")
-    lines.append("|---|" + "---:|" * len(cols))
-    for system, row in cells.items():
-        out = []
-        for c in row:
-            if c is None:
-                out.append(MISSING_MD)
-            else:
-                s = f"{c[0]:.1f}" + ("†" if c[2] else "")
-                out.append(f"**{s}**" if c[1] else s)
-        lines.append(f"| {DISPLAY.get(system, system)} | " + " | ".join(out) + " |")
-    lines += ["", _legend(baseline, n_samples) + "."]
+    seeds = seeds_of(df)
+    header = ["| System | " + " | ".join(_arrow(d, False) for _, d in cols) + " |", "|---|" + "---:|" * len(cols)]
+    lines = [f"## {METRIC_TITLES.get(metric, metric)}, {split} set", "", *header, *_md_rows(cols, cells)]
+    lines += ["", _legend(baseline, n_samples, seeds) + "."]
     if metric == "bleu":
         copy = _copy_row(df, cols, split)
         if any(v is not None for v in copy):
@@ -168,6 +233,13 @@ def markdown_table(df, metric, pairs, split="test", baseline="xlm", n_samples=No
                 f"{_arrow(d, False)} {MISSING_MD if v is None else f'{v:.1f}'}" for (_, d), v in zip(cols, copy)) + ".")
     for sig in _signatures(df, metric, split):
         lines.append(f"Signature: `{sig}`")
+    if len(seeds) > 1:
+        lines += ["", f"Per seed († = p < {ALPHA} against {DISPLAY.get(baseline, baseline)} on that seed's test set):",
+                  "", *header]
+        for seed in seeds:
+            _, per = main_table(df, metric, pairs, split, baseline, seed=seed)
+            ran = {system: row for system, row in per.items() if any(c is not None for c in row)}
+            lines += [r.replace("| ", f"| seed {seed}: ", 1) for r in _md_rows(cols, ran)]
     return "\n".join(lines) + "\n"
 
 
@@ -186,16 +258,10 @@ def latex_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None)
     lines.append("System & " + " & ".join(_arrow(d, True) for _, d in cols) + r" \\")
     lines.append(r"\midrule")
     for system, row in cells.items():
-        out = []
-        for c in row:
-            if c is None:
-                out.append(MISSING_TEX)
-            else:
-                s = f"{c[0]:.1f}"
-                out.append((rf"\textbf{{{s}}}" if c[1] else s) + (r"$^\dagger$" if c[2] else ""))
-        lines.append(_tex_escape(DISPLAY.get(system, system)) + " & " + " & ".join(out) + r" \\")
+        lines.append(_tex_escape(DISPLAY.get(system, system)) + " & " + " & ".join(_cell(c, True) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    legend = _tex_escape(_legend(baseline, n_samples)).replace("†", r"$^\dagger$").replace(f"p < {ALPHA}", f"$p<{ALPHA}$")
+    legend = _tex_escape(_legend(baseline, n_samples, seeds_of(df)))
+    legend = legend.replace("±", r"$\pm$").replace("†", r"$^\dagger$").replace(f"p < {ALPHA}", f"$p<{ALPHA}$")
     sigs = "; ".join(rf"\texttt{{{_tex_escape(s)}}}" for s in _signatures(df, metric, split))
     lines.append(rf"\caption{{{_tex_escape(title)}, {split} set; {legend}.}}")
     if sigs:
@@ -207,6 +273,7 @@ def latex_table(df, metric, pairs, split="test", baseline="xlm", n_samples=None)
 def write_tsv(df: pd.DataFrame, path) -> None:
     out = df[TSV_COLUMNS].copy()
     out["score"] = out["score"].map(lambda v: f"{v:.4f}")
+    out["sd"] = out["sd"].map(lambda v: "NA" if pd.isna(v) else f"{v:.4f}")
     out["p_value_vs_baseline"] = out["p_value_vs_baseline"].map(lambda v: "NA" if pd.isna(v) else f"{v:.4g}")
     atomic_write_text(path, out.to_csv(sep="\t", index=False, lineterminator="\n"))
 
@@ -222,9 +289,9 @@ def write_tables(score_jsons, out_dir, baseline: str = "xlm", bootstrap: bool = 
     write_tsv(df, out_dir / "scores.tsv")
     ns = n_samples if bootstrap else None
     atomic_write_text(out_dir / "bleu.md", "\n".join(
-        markdown_table(df, m, pairs, split, baseline, ns) for m in ("bleu", "tok_bleu")))
+        markdown_table(df, m, pairs, split, baseline, ns) for m in TABLE_METRICS))
     atomic_write_text(out_dir / "bleu.tex", "\n".join(
-        latex_table(df, m, pairs, split, baseline, ns) for m in ("bleu", "tok_bleu")))
+        latex_table(df, m, pairs, split, baseline, ns) for m in TABLE_METRICS))
     return df
 
 
@@ -269,8 +336,25 @@ def _split_label(label) -> tuple[str, str]:
     return " ".join(rest.split()), m.group(1)
 
 
-def write_compute_table(benchmark_files: dict, out) -> pd.DataFrame:
-    """Markdown table of wall time, CPU time and peak RSS per (stage, system).
+def core_use(benchmark_files: dict, cores: int) -> dict:
+    """How busy `cores` cores were over the benchmarked jobs: each job ran from its benchmark file's modification time
+    (written when the job ended) minus its wall time until that time; span = first start to last end; busy = the
+    jobs' CPU time; idle = span x cores - busy (jobs without a benchmark file count as idle)."""
+    starts, ends, cpu = [], [], 0.0
+    for path in benchmark_files.values():
+        b = read_benchmark(path)
+        end = Path(path).stat().st_mtime
+        starts.append(end - float(b.s.iloc[-1]))
+        ends.append(end)
+        cpu += float(b.cpu_time.fillna(0).sum())
+    span = max(ends) - min(starts) if ends else 0.0
+    return {"cores": cores, "span_s": span, "busy_core_s": cpu, "available_core_s": span * cores,
+            "idle_core_s": max(0.0, span * cores - cpu), "busy_share": cpu / (span * cores) if span > 0 else math.nan}
+
+
+def write_compute_table(benchmark_files: dict, out, cores: int | None = None) -> pd.DataFrame:
+    """Markdown table of wall time, CPU time and peak RSS per (stage, system); with `cores` (the run's --cores), how
+    busy the cores were (core_use).
 
     Keys: (stage, system) tuples or labels naming the system anywhere ("unmt mk-en relm", "unmt_mk-en_relm",
     "unmt/relm"; see _split_label). Rows keep the given order. Repeated measurements: mean time, max memory.
@@ -294,5 +378,13 @@ def write_compute_table(benchmark_files: dict, out) -> pd.DataFrame:
                  f"{MISSING_MD if pd.isna(peak) else f'{peak:.0f} (max)'} |")
     lines += ["", "Wall and CPU time and peak resident memory as measured by Snakemake's `benchmark:` directive "
                   "(memory not sampled for jobs shorter than the sampling interval: –)."]
+    if cores and benchmark_files:
+        u = core_use(benchmark_files, cores)
+        text = (f"From the first benchmarked job's start to the last one's end: {hms(u['span_s'])} on {cores} cores "
+                f"= {u['available_core_s'] / 60:.1f} core-minutes; busy (the jobs' CPU time) "
+                f"{u['busy_core_s'] / 60:.1f} core-minutes ({100 * u['busy_share']:.0f}%), idle "
+                f"**{u['idle_core_s'] / 60:.1f} core-minutes**. Jobs without a benchmark (downloads, vocabularies, "
+                "tables) count as idle; a workflow run in several sessions counts the time between them as idle.")
+        lines += ["", "## Core use", "", text]
     atomic_write_text(out, "\n".join(lines) + "\n")
     return df

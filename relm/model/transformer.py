@@ -233,14 +233,15 @@ def reorder_cache(cache: dict, index: torch.Tensor) -> None:
 ADAPTER_TRAINABLE_PREFIXES = ("adapters_", "embeddings.", "position_embeddings.", "pred_layer.", "layer_norm_emb.")
 
 
-def set_adapter_finetuning(model: nn.Module) -> list[str]:
+def set_adapter_finetuning(model: nn.Module, train_lang_emb: bool = False) -> list[str]:
     """RE-LM adapter fine-tuning (train.py): freeze everything except adapters, token embeddings (= tied output matrix),
-    positions, output bias and embedding LayerNorm; lang_embeddings stay frozen. Returns the trainable names.
-    Sinusoidal (fixed) positions stay frozen."""
+    positions, output bias and embedding LayerNorm; lang_embeddings stay frozen unless train_lang_emb. Returns the
+    trainable names. Sinusoidal (fixed) positions stay frozen."""
     model = getattr(model, "module", model)
+    prefixes = ADAPTER_TRAINABLE_PREFIXES + (("lang_embeddings.",) if train_lang_emb else ())
     names = []
     for name, p in model.named_parameters():
-        on = name.startswith(ADAPTER_TRAINABLE_PREFIXES)
+        on = name.startswith(prefixes)
         if name.startswith("position_embeddings.") and model.cfg.sinusoidal:
             on = False
         p.requires_grad_(on)

@@ -69,7 +69,8 @@ class Trainer:
         self.history: list[dict] = []
         self.stopped: list[str] = []  # why the run finished: criterion, max_epochs, max_steps
         self.nan_run = self.nan_total = 0
-        self.elapsed = 0.0
+        self.elapsed = self.cpu_elapsed = 0.0  # wall and CPU seconds of earlier sessions of this run
+        self.epoch_loss: dict[str, list[float]] = {}  # name -> [sum, count] of the training losses of this epoch
         self.done = False
         self.last_ckpt_step = 0
         self.config = to_dict(cfg)
@@ -77,6 +78,7 @@ class Trainer:
         self._stats: dict[str, list[float]] = {}
         self._words = 0
         self._t_log = self._t0 = time.time()
+        self._c0 = time.process_time()
         start = prepare_run_dir(self.run_dir, cfg, kind, json.loads(json.dumps(inputs, default=str)), self.dist,
                                 self.log, words=self.words, out=out)
         self.resume, self.inputs, self._lock = start.resume, start.inputs, start.lock
@@ -94,6 +96,9 @@ class Trainer:
 
     def record(self, name: str, loss: float, n_words: int = 0) -> None:
         self._stats.setdefault(name, []).append(loss)
+        acc = self.epoch_loss.setdefault(name, [0.0, 0])
+        acc[0] += loss
+        acc[1] += 1
         self._words += n_words
 
     def seed_for(self, *parts) -> int:
@@ -192,6 +197,7 @@ class Trainer:
             setattr(self, k, int(t[k]))
         self.best, self.best_stop, self.elapsed = dict(t["best"]), t["best_stop"], float(t["elapsed"])
         self.history, self.done = list(t["history"]), bool(t["done"])
+        self.cpu_elapsed, self.epoch_loss = float(t.get("cpu", 0.0)), dict(t.get("epoch_loss") or {})
         self.stopped = list(t.get("stopped") or [])
         restore_rank_state(ck["ranks"], self.dist, self.device, self.rng, self.iterators, self.log)
 
@@ -202,7 +208,7 @@ class Trainer:
             trainer = {"step": self.step, "epoch": self.epoch, "n_iter": self.n_iter, "n_sentences": self.n_sentences,
                        "best": self.best, "best_stop": self.best_stop, "bad_epochs": self.bad_epochs,
                        "history": self.history, "nan_total": self.nan_total, "elapsed": self.time(),
-                       "done": self.done, "stopped": self.stopped, "last_ckpt_step": self.step}
+                       "cpu": self.cpu_time(), "epoch_loss": self.epoch_loss, "done": self.done, "stopped": self.stopped, "last_ckpt_step": self.step}
             keep_previous(self.ckpt_path)
             save_model(self.ckpt_path, self.kind, self.models, self.cfg.model, self.langs, self.words, self.counts,
                        self.config, optimizer=self.opt.state_dict(),
@@ -217,6 +223,10 @@ class Trainer:
 
     def time(self) -> float:
         return self.elapsed + time.time() - self._t0
+
+    def cpu_time(self) -> float:
+        """CPU seconds of this process (all its threads) over every session of the run."""
+        return self.cpu_elapsed + time.process_time() - self._c0
 
     # --- the loop
     def max_steps_reached(self) -> bool:
@@ -264,7 +274,10 @@ class Trainer:
         if self.dist.world > 1:
             dist.broadcast_object_list(metrics, src=0)
         metrics = metrics[0]
-        record = {"epoch": self.epoch, "step": self.step, "time_s": round(self.time(), 2), **metrics}
+        train = {f"train_{k}_loss": total / n for k, (total, n) in sorted(self.epoch_loss.items()) if n}
+        record = {"epoch": self.epoch, "step": self.step, "time_s": round(self.time(), 2),
+                  "cpu_s": round(self.cpu_time(), 2), **train, **metrics}
+        self.epoch_loss = {}
         self.history.append(record)
         self.log(f"end of epoch {self.epoch} (step {self.step}): "
                  + " ".join(f"{k} {v:.4g}" for k, v in metrics.items()))

@@ -104,6 +104,11 @@ def load_init(model: TransformerModel, init: str, dico: Dictionary, langs: list[
         del state["lang_embeddings.weight"]
     g = torch.Generator().manual_seed(cfg.run.seed)
     load_extended(model, state, n_new, len(dico), g)
+    if hasattr(model, "lang_embeddings") and "lang_embeddings.weight" not in state:
+        if cfg.new_lang_emb == "zero":
+            with torch.no_grad():
+                model.lang_embeddings.weight.zero_()
+        log(f"new language embeddings for {langs}: {cfg.new_lang_emb}")
     log(f"initialized from {init}" + (f", vocabulary extended by {n_new} words" if extension else ""))
 
 
@@ -146,7 +151,7 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
         if init and not trainer.resume:
             load_init(model, init, dico, langs, cfg, extension, trainer.log)
         if cfg.trainable == "adapters":
-            set_adapter_finetuning(model)
+            set_adapter_finetuning(model, cfg.train_lang_emb)
         iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=trainer.seed_for("mlm", lg))
                      for lg, c in train_c.items()}
         trainer.attach({"model": model}, MLMNet(model), iterators)
