@@ -107,12 +107,22 @@ def test_config_errors_are_one_line_naming_the_key(mutate, message):
 
 
 def test_demo_and_paper_configs_pass_the_schema():
-    for name in ("config.yaml", "paper.yaml"):
+    for name in ("config.yaml", "paper.yaml", "tiny-lmr.yaml"):
         cfg = yaml.safe_load((REPO / "config" / name).read_text())
         try:
             check_config(cfg, SCHEMA)
         except ConfigError as e:  # the paper's corpora are local files the user provides
             assert ".path': file not found" in str(e), e
+
+
+def test_tiny_lmr_config_is_the_papers_setting_in_miniature():
+    """A rich HMR corpus and an LMR one 30-50x smaller, three seeds, and XLM's joint MLM given the RE-LM systems'
+    total MLM budget (HMR pretraining + fine-tuning updates)."""
+    cfg = yaml.safe_load((REPO / "config" / "tiny-lmr.yaml").read_text())
+    gen = cfg["synthetic"]["tiny"]
+    assert 30 <= gen["n_hmr"] / gen["n_lmr"] <= 50 and len(cfg["seeds"]) == 3
+    budget = mlm_settings(cfg)["run"]["max_steps"] + mlm_settings(cfg, "relm", "lx-hx")["run"]["max_steps"]
+    assert mlm_settings(cfg, "xlm", "lx-hx")["run"]["max_steps"] == budget
 
 
 def test_profiles_name_only_existing_rules(tmp_path):
