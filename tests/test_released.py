@@ -247,9 +247,9 @@ def test_plan_with_a_released_mlm(tmp_path):
     for rule in ("pretrain", "bpe_learn_hmr", "vocab_hmr"):
         assert f"rule {rule}:" not in out, rule
     jobs = out.split("\n\n")
-    xlm = next(j for j in jobs if "rule mlm:" in j and "system=xlm\n" in j)
+    xlm = next(j for j in jobs if "rule mlm:" in j and "system=xlm, seed=0\n" in j)
     assert "models/hx/released/import.json" in xlm.split("output:")[0]
-    relm = next(j for j in jobs if "rule mlm:" in j and "system=relm\n" in j)
+    relm = next(j for j in jobs if "rule mlm:" in j and "system=relm, seed=0\n" in j)
     assert "--init models/hx/released/model.pt" in relm
 
 

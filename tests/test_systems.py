@@ -66,7 +66,7 @@ def test_unmt_model_follows_the_systems_mlm():
     assert ad["model"]["adapter_size"] == 64 and xlm["model"].get("adapter_size", 0) == 0
     assert xlm["lambda_bt"] == "0.5" and ad.get("lambda_bt", "1") == "1"
     assert ad["bt_steps"] == ["hx-lx-hx", "lx-hx-lx"] and ad["ae_steps"] == ["hx", "lx"]
-    assert from_dict(UNMTConfig, ad).run.stopping_criterion == "valid_lx-hx_mt_bleu,5"
+    assert from_dict(UNMTConfig, ad).run.stopping_criterion == "valid_lx-hx_mt_bleu,20"
 
 
 @pytest.mark.parametrize("extra, expect", [({}, [0]), ({"seed": 7}, [7]), ({"seed": 7, "seeds": [3, 1]}, [3, 1])])
