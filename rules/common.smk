@@ -167,10 +167,11 @@ def mem_mb(kind):
 
 
 MEM_MB = 16000
-# Among the jobs ready to run, the longest chain first: HMR pretraining (every RE-LM system waits for it), then the
-# systems' MLM stages (each unblocks a UNMT), then UNMT. Without this, on 2 cores, UNMT jobs took the cores while
-# the adapter fine-tuning waited, and the last UNMT ran alone.
-PRIORITY = {"pretrain": 2, "mlm": 1}
+# Among the jobs ready to run, the longest chain first: data preparation (short jobs that every training job waits
+# for), HMR pretraining (every RE-LM system waits for it), the systems' MLM stages (each unblocks a UNMT), then UNMT.
+# Without this, on 2 cores, UNMT jobs took the cores while the adapter fine-tuning waited, and XLM's MLM stages of
+# several seeds held both cores while the HMR corpus waited for its binarization.
+PRIORITY = {"prepare": 3, "pretrain": 2, "mlm": 1}
 # SLURM sends SIGTERM 300 s before a training job's time limit: the trainer writes its resume checkpoint and
 # exits 75 (relm/train/resume.py). Not USR1: it would kill the Snakemake process around the rule first.
 TRAIN_SIGNAL = "--signal=TERM@300"

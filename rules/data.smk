@@ -2,6 +2,7 @@
 
 
 rule synth:
+    priority: PRIORITY["prepare"]
     output:
         directory("data/synth/{name}"),
     params:
@@ -28,6 +29,7 @@ localrules:
 
 
 rule fetch:
+    priority: PRIORITY["prepare"]
     input:
         unpack(fetch_inputs),
     output:
@@ -50,6 +52,7 @@ rule fetch:
 
 
 rule fetch_train:
+    priority: PRIORITY["prepare"]
     input:
         unpack(fetch_inputs),
     output:
@@ -70,6 +73,7 @@ rule fetch_train:
 
 
 rule clean:
+    priority: PRIORITY["prepare"]
     input:
         train="data/{group}/raw/fetched/train.{lang}",
         exclude=eval_sides,
@@ -84,6 +88,7 @@ rule clean:
 
 
 rule check_parallel:
+    priority: PRIORITY["prepare"]
     input:
         src=lambda w: f"data/{w.pair}/raw/{w.split}.{lmr_of(w.pair)}",
         tgt=f"data/{{pair}}/raw/{{split}}.{HMR}",

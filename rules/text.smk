@@ -3,6 +3,7 @@
 
 
 rule tokenize:
+    priority: PRIORITY["prepare"]
     input:
         unpack(tokenize_inputs),
     output:
@@ -26,6 +27,7 @@ rule tokenize:
 if not RELEASED:
 
     rule bpe_learn_hmr:
+        priority: PRIORITY["prepare"]
         input:
             "data/{lang}/tok/train.{lang}",
         output:
@@ -45,6 +47,7 @@ if not RELEASED:
 
 
 rule bpe_learn_joint:
+    priority: PRIORITY["prepare"]
     input:
         hmr=f"data/{HMR}/tok/train.{HMR}",
         lmr=lambda w: f"data/{w.pair}/tok/train.{lmr_of(w.pair)}",
@@ -65,6 +68,7 @@ rule bpe_learn_joint:
 
 
 rule bpe_apply:
+    priority: PRIORITY["prepare"]
     input:
         unpack(bpe_apply_inputs),
     output:
@@ -86,6 +90,7 @@ rule bpe_apply:
 if not RELEASED:  # see bpe_learn_hmr
 
     rule vocab_hmr:
+        priority: PRIORITY["prepare"]
         input:
             "data/{lang}/bpe-hmr/train.{lang}",
         output:
@@ -99,6 +104,7 @@ if not RELEASED:  # see bpe_learn_hmr
 
 
 rule vocab_lmr:
+    priority: PRIORITY["prepare"]
     input:
         lambda w: f"data/{w.pair}/bpe-joint/train.{lmr_of(w.pair)}",
     output:
@@ -112,6 +118,7 @@ rule vocab_lmr:
 
 
 rule vocab_joint:
+    priority: PRIORITY["prepare"]
     input:
         hmr=f"data/{{pair}}/bpe-joint/train.{HMR}",
         lmr=lambda w: f"data/{w.pair}/bpe-joint/train.{lmr_of(w.pair)}",
@@ -126,6 +133,7 @@ rule vocab_joint:
 
 
 checkpoint extend_vocab:
+    priority: PRIORITY["prepare"]
     input:
         hmr=f"data/{HMR}/vocab.{HMR}",
         lmr=lambda w: f"data/{w.pair}/vocab.{lmr_of(w.pair)}",
@@ -144,6 +152,7 @@ checkpoint extend_vocab:
 
 
 rule binarize:
+    priority: PRIORITY["prepare"]
     input:
         text=binarize_text,
         vocab=binarize_vocab,
