@@ -164,6 +164,7 @@ def test_downloads_are_local_rules(tmp_path):
 def test_seeds_are_a_workflow_dimension(tmp_path):
     """`seeds: [0, 2]`: every system's MLM stage, UNMT, translations and scores once per seed, with that seed in the
     run's settings; data, BPE and HMR pretraining once; the tables read every seed's scores."""
+    import shlex
     import subprocess
     import sys
 
@@ -185,6 +186,12 @@ def test_seeds_are_a_workflow_dimension(tmp_path):
                 assert all(f'"seed": {seed},' in s for s in mine)
             if rule == "score":
                 assert all(f"--seed {seed} " in s for s in mine)
+    (curves,) = jobs["curves"]  # every run of every seed, each --metrics LABEL=FILE one command-line word
+    (command,) = [ln.split(":", 1)[1] for ln in curves["shell"].splitlines() if "relm plots --metrics" in ln]
+    words = shlex.split(command)
+    labels = [words[i + 1].split("=")[0] for i, w in enumerate(words) if w == "--metrics"]
+    assert {"xlm/unmt/seed0", "xlm/unmt/seed2", "relm_adapters/mlm/seed2", "pretrain"} <= set(labels)
+    assert len(labels) == 1 + 3 * 2 * 2
     (tables,) = jobs["tables"]
     (command,) = [ln for ln in tables["shell"].splitlines() if "relm tables --scores" in ln]
     assert command.count("/seed0/test.") == command.count("/seed2/test.") == 6
