@@ -196,7 +196,7 @@ def score_files(pair):
 def seed_label(seed):
     """How a seed appears in curve and compute labels (no spaces: they are command-line words): not at all when the
     study has one seed."""
-    return f"/seed{seed}" if len(SEEDS) > 1 else ""
+    return f"_seed{seed}" if len(SEEDS) > 1 else ""
 
 
 def all_targets():

@@ -223,6 +223,7 @@ def test_compute_table_core_use(tmp_path):
     ("translate mk-en relm en-mk", "translate mk-en en-mk", "RE-LM"),
     ("unmt_sq-en_xlm", "unmt sq-en", "XLM"),
     ("tokenize_en_train", "tokenize en train", "–"),
+    ("unmt_mk-en_relm_adapters_seed2", "unmt mk-en seed2", "RE-LM + adapters"),  # a seed label (config seeds)
 ])
 def test_compute_table_labels(tmp_path, label, stage, system):
     a = tmp_path / "a.tsv"

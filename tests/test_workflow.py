@@ -190,7 +190,7 @@ def test_seeds_are_a_workflow_dimension(tmp_path):
     (command,) = [ln.split(":", 1)[1] for ln in curves["shell"].splitlines() if "relm plots --metrics" in ln]
     words = shlex.split(command)
     labels = [words[i + 1].split("=")[0] for i, w in enumerate(words) if w == "--metrics"]
-    assert {"xlm/unmt/seed0", "xlm/unmt/seed2", "relm_adapters/mlm/seed2", "pretrain"} <= set(labels)
+    assert {"xlm/unmt_seed0", "xlm/unmt_seed2", "relm_adapters/mlm_seed2", "pretrain"} <= set(labels)
     assert len(labels) == 1 + 3 * 2 * 2
     (tables,) = jobs["tables"]
     (command,) = [ln for ln in tables["shell"].splitlines() if "relm tables --scores" in ln]
