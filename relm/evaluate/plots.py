@@ -78,12 +78,11 @@ def plot_curves(metrics_files: dict[str, str | Path], out_png, title: str | None
             ax_ppl.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {lang}")
         for j, (name, (xs, ys)) in enumerate(sorted(_series(records, TRAIN_LOSS).items())):
             ax_loss.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {name}")
-        minutes = [r.get("cpu_s", r.get("time_s", 0)) / 60 for r in records]
+        minutes = {r.get("step", i): r.get("cpu_s", r.get("time_s", 0)) / 60 for i, r in enumerate(records)}
         for j, (direction, (xs, ys)) in enumerate(sorted(_series(records, MT_BLEU).items())):
             name = f"{label} {direction.replace('-', '→')}"
             ax_bleu.plot(xs, ys, styles[j % 4], color=color, marker=".", label=name)
-            by_step = {r.get("step", i): m for i, (r, m) in enumerate(zip(records, minutes))}
-            ax_cpu.plot([by_step[x] for x in xs], ys, styles[j % 4], color=color, marker=".", label=name)
+            ax_cpu.plot([minutes[x] for x in xs], ys, styles[j % 4], color=color, marker=".", label=name)
     ax_ppl.set(title="validation MLM perplexity", xlabel="step", ylabel="perplexity (log scale)")
     ax_loss.set(title="training loss (mean over each epoch)", xlabel="step", ylabel="cross-entropy")
     ax_bleu.set(title="validation BLEU (tokenized, as in training)", xlabel="step", ylabel="BLEU")

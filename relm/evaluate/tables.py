@@ -336,13 +336,13 @@ def _split_label(label) -> tuple[str, str]:
     return " ".join(rest.split()), m.group(1)
 
 
-def core_use(benchmark_files: dict, cores: int) -> dict:
-    """How busy `cores` cores were over the benchmarked jobs: each job ran from its benchmark file's modification time
-    (written when the job ended) minus its wall time until that time; span = first start to last end; busy = the
-    jobs' CPU time; idle = span x cores - busy (jobs without a benchmark file count as idle)."""
+def core_use(benchmarks: dict, cores: int) -> dict:
+    """How busy `cores` cores were over the benchmarked jobs ({path: read_benchmark(path)}): each job ran from its
+    benchmark file's modification time (written when the job ended) minus its wall time until that time; span = first
+    start to last end; busy = the jobs' CPU time; idle = span x cores - busy (jobs without a benchmark file count as
+    idle)."""
     starts, ends, cpu = [], [], 0.0
-    for path in benchmark_files.values():
-        b = read_benchmark(path)
+    for path, b in benchmarks.items():
         end = Path(path).stat().st_mtime
         starts.append(end - float(b.s.iloc[-1]))
         ends.append(end)
@@ -359,9 +359,9 @@ def write_compute_table(benchmark_files: dict, out, cores: int | None = None) ->
     Keys: (stage, system) tuples or labels naming the system anywhere ("unmt mk-en relm", "unmt_mk-en_relm",
     "unmt/relm"; see _split_label). Rows keep the given order. Repeated measurements: mean time, max memory.
     """
-    rows = []
+    rows, read = [], {}
     for label, path in benchmark_files.items():
-        b = read_benchmark(path)
+        b = read[path] = read_benchmark(path)
         stage, system = _split_label(label)
         rows.append({"stage": stage, "system": system, "runs": len(b), "wall_s": b.s.mean(),
                      "cpu_s": b.cpu_time.mean(), "max_rss_mb": b.max_rss.max()})
@@ -379,7 +379,7 @@ def write_compute_table(benchmark_files: dict, out, cores: int | None = None) ->
     lines += ["", "Wall and CPU time and peak resident memory as measured by Snakemake's `benchmark:` directive "
                   "(memory not sampled for jobs shorter than the sampling interval: –)."]
     if cores and benchmark_files:
-        u = core_use(benchmark_files, cores)
+        u = core_use(read, cores)
         text = (f"From the first benchmarked job's start to the last one's end: {hms(u['span_s'])} on {cores} cores "
                 f"= {u['available_core_s'] / 60:.1f} core-minutes; busy (the jobs' CPU time) "
                 f"{u['busy_core_s'] / 60:.1f} core-minutes ({100 * u['busy_share']:.0f}%), idle "
