@@ -6,7 +6,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from relm.evaluate.plots import plot_bleu_bars, plot_curves
+from relm.evaluate.plots import plot_bleu_bars, plot_curves, run_colors
 from relm.evaluate.score import score_file
 from relm.evaluate.tables import TSV_COLUMNS, collect, write_compute_table, write_tables
 
@@ -268,6 +268,19 @@ def test_plot_curves(tmp_path):
     assert sorted(got["mt_bleu"]) == sorted(got["mt_bleu_cpu"]) == ["relm/unmt en→mk", "relm/unmt mk→en"]
     assert sorted(got["train_loss"]) == ["relm/mlm mlm_mk", "relm/unmt ae_en", "relm/unmt bt_en-mk-en"]
     _nontrivial_png(out)
+
+
+def test_curve_colours_one_hue_per_run_a_shade_per_seed():
+    from matplotlib.colors import to_rgb
+
+    labels = ["pretrain", "xlm/unmt_seed0", "xlm/unmt_seed1", "xlm/unmt_seed2", "relm/unmt_seed0", "relm/unmt_seed1"]
+    colors = run_colors(labels)
+    assert colors["pretrain"] == to_rgb("C0")
+    assert colors["xlm/unmt_seed0"] == to_rgb("C1") and colors["relm/unmt_seed0"] == to_rgb("C2")
+    shades = [colors[f"xlm/unmt_seed{s}"] for s in range(3)]
+    assert sum(shades[0]) < sum(shades[1]) < sum(shades[2]) <= 3  # lighter per seed
+    assert colors["relm/unmt_seed1"] != colors["xlm/unmt_seed1"]
+    assert run_colors(["relm/mlm", "relm/unmt"]) == {"relm/mlm": to_rgb("C0"), "relm/unmt": to_rgb("C1")}
 
 
 def test_plot_curves_missing_metrics(tmp_path):

@@ -62,18 +62,36 @@ def _no_data(ax, what: str) -> None:
     ax.text(0.5, 0.5, f"no {what} logged", ha="center", va="center", transform=ax.transAxes, color="gray")
 
 
+def run_colors(labels: list[str]) -> dict[str, tuple]:
+    """One colour per run without its seed ("relm/unmt" of "relm/unmt_seed2"), lighter shades for its later seeds:
+    many seeds stay readable as one hue per system and stage."""
+    from matplotlib.colors import to_rgb
+
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.rsplit("_seed", 1)[0], []).append(label)
+    out = {}
+    for k, members in enumerate(groups.values()):
+        base = to_rgb(f"C{k % 10}")
+        for j, label in enumerate(members):
+            mix = 0.55 * j / max(1, len(members) - 1)  # 0 for the first seed, 0.55 towards white for the last
+            out[label] = tuple(c + (1 - c) * mix for c in base)
+    return out
+
+
 def plot_curves(metrics_files: dict[str, str | Path], out_png, title: str | None = None) -> dict[str, list[str]]:
-    """Four panels, one line per run (label) and language or direction: validation MLM perplexity (log scale) and
-    the epochs' mean training losses against the run's step; validation BLEU against step and against the run's CPU
-    minutes (wall minutes for metrics written before CPU time was logged). Call once per language pair with that
-    pair's runs, e.g. {"relm/mlm": path, "relm/unmt": path}. Missing files and metrics are skipped (a panel without
-    data says so). Returns the plotted series' names per panel."""
+    """Four panels, one line per run (label; colours: run_colors) and language or direction (line style): validation
+    MLM perplexity (log scale) and the epochs' mean training losses against the run's step; validation BLEU against
+    step and against the run's CPU minutes (wall minutes for metrics written before CPU time was logged). Call once
+    per language pair with that pair's runs, e.g. {"relm/mlm": path, "relm/unmt": path}. Missing files and metrics
+    are skipped (a panel without data says so). Returns the plotted series' names per panel."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     (ax_ppl, ax_loss), (ax_bleu, ax_cpu) = axes
     runs = {label: read_metrics(p) for label, p in metrics_files.items()}
-    styles = ["-", "--", ":", "-."]  # colour = run, line style = language / direction / loss
-    for k, (label, records) in enumerate(runs.items()):
-        color = f"C{k % 10}"
+    styles = ["-", "--", ":", "-."]  # line style = language / direction / loss
+    colors = run_colors(list(runs))
+    for label, records in runs.items():
+        color = colors[label]
         for j, (lang, (xs, ys)) in enumerate(sorted(_series(records, MLM_PPL).items())):
             ax_ppl.plot(xs, ys, styles[j % 4], color=color, marker=".", label=f"{label} {lang}")
         for j, (name, (xs, ys)) in enumerate(sorted(_series(records, TRAIN_LOSS).items())):
@@ -90,8 +108,9 @@ def plot_curves(metrics_files: dict[str, str | Path], out_png, title: str | None
     if ax_ppl.lines and all(min(l.get_ydata()) > 0 for l in ax_ppl.lines):
         ax_ppl.set_yscale("log")
     for ax, what in ((ax_ppl, "MLM perplexity"), (ax_loss, "training loss"), (ax_bleu, "BLEU"), (ax_cpu, "BLEU")):
-        if ax.lines:
-            ax.legend(fontsize="x-small")
+        if ax.lines:  # many seeds: more columns, smaller type, so that the legend stays inside its panel
+            n = len(ax.lines)
+            ax.legend(fontsize="x-small" if n <= 14 else "xx-small", ncol=1 + (n - 1) // 14)
             ax.grid(alpha=0.3)
         else:
             _no_data(ax, what)
