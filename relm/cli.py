@@ -2,7 +2,8 @@
 
 Every Snakemake rule calls exactly one of these, so the whole pipeline also runs by hand:
 
-    relm synth | fetch | clean | tokenize | bpe learn | bpe apply | vocab count | vocab extend | binarize
+    relm synth | fetch | clean | tokenize | bpe learn | bpe apply | vocab count | vocab extend | vocab init-rows |
+    relm binarize
     relm train mlm | train unmt | translate | score | tables | plots | compute
     relm fetch-checkpoint | bpe convert-codes | import-xlm    (starting from a released MLM)
     relm lock                                                 (the data lock, for publication)
@@ -110,6 +111,15 @@ def cmd_vocab_extend(a):
     log(f"vocabulary extended by N={info['n_new']}: {info['ext_vocab']}")
 
 
+def cmd_vocab_init_rows(a):
+    from relm.config import ExtensionConfig, check, from_dict, load_settings
+    from relm.model.newrows import init_rows
+
+    cfg = check(from_dict(ExtensionConfig, load_settings(None, a.settings)), "extension.")
+    init_rows(a.method, a.checkpoint, a.extension, a.vocab, a.out, codes=a.codes, hmr_text=a.hmr_text,
+              lmr_text=a.lmr_text, cfg=cfg.aligned, seed=a.seed, log=log)
+
+
 def cmd_binarize(a):
     from relm.data.corpus import binarize
 
@@ -128,7 +138,7 @@ def cmd_train(a):
     if a.objective == "mlm":
         from relm.train.mlm import train_mlm
 
-        train_mlm(check(from_dict(MLMConfig, settings)), extension=a.extension, **common)
+        train_mlm(check(from_dict(MLMConfig, settings)), extension=a.extension, ext_rows=a.ext_rows, **common)
     else:
         from relm.train.unmt import train_unmt
 
@@ -152,7 +162,8 @@ def cmd_score(a):
     meta = dict(pair=a.pair, system=a.system, direction=a.direction, split=a.split, seed=a.seed)
     result = score_file(a.hyp, a.ref, a.tgt_lang, src=a.src, meta=meta, out=a.output)
     m = result["metrics"]
-    log(f"BLEU {m['bleu']['score']:.2f}  chrF++ {m['chrf++']['score']:.2f}  tokenized BLEU {m['tok_bleu']['score']:.2f}")
+    log(f"BLEU {m['bleu']['score']:.2f}  chrF++ {m['chrf++']['score']:.2f}  "
+        f"tokenized BLEU {m['tok_bleu']['score']:.2f}")
 
 
 def cmd_tables(a):
@@ -299,6 +310,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lmr", required=True)
     s.add_argument("--hmr", required=True)
     s.set_defaults(func=cmd_vocab_extend)
+    s = voc.add_parser("init-rows", help="starting rows of the extension's new tokens (extension.init other than "
+                                         "random): writes OUT.npy and OUT.json")
+    s.add_argument("--method", required=True, choices=("mean", "subword", "aligned"))
+    s.add_argument("--checkpoint", required=True, help="the HMR MLM the extension applies to")
+    s.add_argument("--extension", required=True, help="sidecar JSON of the vocabulary extension")
+    s.add_argument("--vocab", required=True, help="the extended vocabulary (vocab.LMR-HMR-ext-by-N)")
+    s.add_argument("--codes", help="subword: the HMR BPE codes")
+    s.add_argument("--hmr-text", help="aligned: the HMR training text, BPE'd with the HMR codes")
+    s.add_argument("--lmr-text", help="aligned: the LMR training text, BPE'd with the joint codes")
+    s.add_argument("--settings", help="the config's `extension` section as JSON (aligned: skip-gram and map)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="the rows (.npy); the sidecar gets the suffix .json")
+    s.set_defaults(func=cmd_vocab_init_rows)
 
     s = sub.add_parser("binarize", help="token ids as a memory-mapped flat array + offsets")
     s.add_argument("--input", required=True)
@@ -325,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--metrics", help="where to write the metrics history (JSON lines)")
         if name == "mlm":
             s.add_argument("--extension", help="sidecar JSON of the vocabulary extension (RE-LM)")
+            s.add_argument("--ext-rows", help="the new rows of the extension (.npy from relm vocab init-rows), for "
+                                              "extension_init other than random")
         s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("translate", help="translate raw text with a UNMT model")

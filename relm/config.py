@@ -93,6 +93,32 @@ class MLMConfig:
     # train_lang_emb also trains them in adapter mode.
     new_lang_emb: str = "random"  # random | zero
     train_lang_emb: bool = False  # trainable=adapters: train the language embeddings too (original: frozen)
+    # Rows of the new LMR tokens of a vocabulary extension (the workflow sets it from `extension.init`): random (the
+    # original's draw) or rows given to the run (--ext-rows, written by `relm vocab init-rows`; relm.model.newrows).
+    extension_init: str = "random"  # random | mean | subword | aligned
+
+
+@dataclass
+class AlignedConfig:
+    """extension.init aligned: skip-gram vectors per language (gensim Word2Vec) and the cross-lingual map."""
+
+    dim: int = 100
+    window: int = 5
+    min_count: int = 3
+    negative: int = 5
+    epochs: int = 5
+    max_lines: int = 1000000  # the first lines of each corpus the skip-gram reads (0: all)
+    refine_iters: int = 5  # Procrustes on mutual nearest neighbours, after the fit on identical strings
+    refine_top: int = 20000  # the most frequent tokens of each side searched for mutual nearest neighbours
+    heldout: float = 0.2  # share of the identical strings kept out of the fit, to measure the map's precision
+
+
+@dataclass
+class ExtensionConfig:
+    """How the new rows of RE-LM's vocabulary extension start (config `extension`; relm.model.newrows)."""
+
+    init: str = "random"  # random (the original) | mean | subword | aligned
+    aligned: AlignedConfig = field(default_factory=AlignedConfig)
 
 
 @dataclass
@@ -199,6 +225,9 @@ POS = _rule(lambda v: v > 0, "> 0")
 UNIT = _rule(lambda v: 0 <= v < 1, "in [0, 1)")
 
 
+EXTENSION_INITS = ("random", "mean", "subword", "aligned")  # relm.model.newrows
+
+
 def _one_of(*names):
     return _rule(lambda v: v in names, "one of " + ", ".join(names))
 
@@ -213,10 +242,14 @@ RULES = {
                 "amp": _one_of("auto", "bf16", "fp16", "none"), "device": _one_of("auto", "cpu", "cuda"),
                 "threads": GE0, "max_nan_steps": GE1},
     MLMConfig: {"trainable": _one_of("all", "adapters"), "new_lang_emb": _one_of("random", "zero"), "batch_size": GE1,
+                "extension_init": _one_of(*EXTENSION_INITS),
                 "word_pred": _rule(lambda v: 0 < v < 1, "in (0, 1)"), "sample_alpha": GE0},
     UNMTConfig: {"word_shuffle": GE0, "word_dropout": UNIT, "word_blank": UNIT, "batch_size": GE1, "max_len": GE1,
                  "max_batch_size": GE0, "beam_size": GE1,
                  "tokens_per_batch": _rule(lambda v: v >= 1 or v == -1, ">= 1, or -1 (batches of batch_size)")},
+    ExtensionConfig: {"init": _one_of(*EXTENSION_INITS)},
+    AlignedConfig: {"dim": GE1, "window": GE1, "min_count": GE1, "negative": GE0, "epochs": GE1, "max_lines": GE0,
+                    "refine_iters": GE0, "refine_top": GE1, "heldout": UNIT},
     TranslateConfig: {"beam_size": GE1, "batch_size": GE1, "tokens_per_batch": GE0, "max_len_a": POS,
                       "max_len_b": GE0,
                       "device": _one_of("auto", "cpu", "cuda")},

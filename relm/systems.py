@@ -8,6 +8,7 @@ tests/test_systems.py); the workflow, the config checks and the tables ask this 
 
 Config sections (relm.config dataclasses, layered; the later one wins):
   MLM stages   model -> mlm -> pretrain               (HMR pretraining)
+               + extension.init                       (systems starting from the HMR MLM: its new rows)
                model -> mlm -> mlm_systems.<system>   (a system's MLM stage)
   UNMT stage   model -> mlm_systems.<system>.model -> unmt -> unmt_systems.<system>
 The UNMT model takes the architecture of the system's MLM (e.g. its adapters), since it starts from it.
@@ -15,9 +16,10 @@ String settings may name the languages as {hmr} and {lmr} (metric names: "_valid
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from relm.config import MLMConfig, UNMTConfig, check, from_dict, merge
+from relm.config import ExtensionConfig, MLMConfig, UNMTConfig, check, from_dict, merge
 from relm.errors import ConfigError
 
 
@@ -160,8 +162,17 @@ def mlm_settings(config: dict, system: str | None = None, pair: str | None = Non
     _with_seed(s, seed)
     s.update(mlm_langs(system, pair, hmr))
     s["trainable"] = SYSTEMS[system].trainable if system else "all"
+    if system and SYSTEMS[system].init == "pretrain":
+        s["extension_init"] = extension_settings(config)["init"]
     s = _fill(s, hmr, split_pair(pair)[0] if pair else hmr)
     return _checked(MLMConfig, s, [("", {"model": config["model"]}), ("mlm.", config.get("mlm", {})), (where, section)])
+
+
+def extension_settings(config: dict) -> dict:
+    """ExtensionConfig (as a dict) of the config's `extension` section: how the new rows of the RE-LM systems'
+    vocabulary extension start (relm.model.newrows)."""
+    section = config.get("extension", {})
+    return _checked(ExtensionConfig, merge(dataclasses.asdict(ExtensionConfig()), section), [("extension.", section)])
 
 
 def unmt_model(config: dict, system: str) -> dict:

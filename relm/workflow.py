@@ -10,7 +10,7 @@ import yaml
 
 from relm.config import ModelConfig, TranslateConfig, check, from_dict
 from relm.errors import ConfigError
-from relm.systems import SYSTEMS, mlm_settings, split_pair, unmt_settings
+from relm.systems import SYSTEMS, extension_settings, mlm_settings, split_pair, unmt_settings
 
 SPLITS = ("train", "valid", "test")
 RENAMED = {  # old top-level key -> new one
@@ -58,6 +58,7 @@ def check_config(config: dict, schema_file: str | Path) -> None:
     check_synthetic(config)
     check_data(config)
     check_pretrained(config)
+    extension_settings(config)
     for pair in pairs:  # the stage sections must build their dataclasses (unknown keys are named)
         mlm_settings(config)
         for system in config["systems"]:

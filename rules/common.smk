@@ -10,7 +10,7 @@ from snakemake.utils import min_version
 from relm.config import TranslateConfig, from_dict
 from relm.errors import ConfigError
 from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, mlm_langs, split_pair
-from relm.systems import mlm_settings, seeds, train_threads, unmt_langs, unmt_settings
+from relm.systems import extension_settings, mlm_settings, seeds, train_threads, unmt_langs, unmt_settings
 from relm.workflow import check_config, released_model_keys
 
 min_version("9.0")
@@ -23,6 +23,7 @@ except ConfigError as e:
 HMR = config["hmr"]
 PAIRS = list(config["pairs"])
 SEEDS = seeds(config)
+EXT_INIT = extension_settings(config)["init"]  # the new rows of the RE-LM extension: random | mean | subword | aligned
 
 
 wildcard_constraints:
@@ -71,6 +72,10 @@ def vocab_file(dic, pair, wildcards):
         return f"data/{pair}/vocab.joint"
     sidecar = checkpoints.extend_vocab.get(pair=pair).output.sidecar
     return json.loads(Path(sidecar).read_text())["ext_vocab"]
+
+
+def ext_vocab(wildcards):
+    return vocab_file("relm", wildcards.pair, wildcards)
 
 
 def system_vocab(wildcards):
@@ -314,8 +319,41 @@ def mlm_start(wildcards):
     """The checkpoint a system's MLM stage starts from, and the vocabulary extension to apply to it; the other
     systems wait for the check of a released MLM (released_gate)."""
     if SYSTEMS[wildcards.system].init == "pretrain":
-        return {"init": hmr_mlm(), "extension": ext_sidecar(wildcards.pair)}
+        start = {"init": hmr_mlm(), "extension": ext_sidecar(wildcards.pair)}
+        if EXT_INIT != "random":  # else drawn by the MLM stage itself, as the original
+            start["ext_rows"] = ext_rows(wildcards.pair)
+        return start
     return released_gate()
+
+
+def mlm_start_args(wildcards, input):
+    if "init" not in input.keys():
+        return ""
+    rows = f" --ext-rows {input.ext_rows}" if "ext_rows" in input.keys() else ""
+    return f"--init {input.init} --extension {input.extension}{rows}"
+
+
+def ext_rows(pair):
+    return f"models/{pair}/extension/{EXT_INIT}.npy"
+
+
+def extension_init_inputs(wildcards):
+    """What `relm vocab init-rows` reads: the HMR MLM and the extension; subword the HMR codes; aligned the two
+    training texts as the RE-LM systems segment them (HMR with the HMR codes, LMR with the joint codes). The
+    extended vocabulary is a separate input (ext_vocab): it is known once the extension ran."""
+    pair = wildcards.pair
+    inputs = {"model": hmr_mlm(), "sidecar": ext_sidecar(pair)}
+    if wildcards.init == "subword":
+        inputs["codes"] = codes_path("hmr", pair)
+    if wildcards.init == "aligned":
+        inputs["hmr_text"] = f"data/{HMR}/bpe-hmr/train.{HMR}"
+        inputs["lmr_text"] = f"data/{pair}/bpe-joint/train.{lmr_of(pair)}"
+    return inputs
+
+
+def extension_init_args(wildcards, input):
+    names = {"codes": "--codes", "hmr_text": "--hmr-text", "lmr_text": "--lmr-text"}
+    return " ".join(f"{flag} {input[key]}" for key, flag in names.items() if key in input.keys())
 
 
 def unmt_corpora(wildcards):

@@ -50,7 +50,7 @@ rule mlm:
         run_dir="models/{pair}/{system}/seed{seed}/mlm",
         settings=lambda w: settings_json(mlm_settings(config, w.system, w.pair, int(w.seed))),
         corpora=lambda w: corpora_args(mlm_corpora(w)),
-        start=lambda w, input: f"--init {input.init} --extension {input.extension}" if "init" in input.keys() else "",
+        start=mlm_start_args,
     threads: train_threads(config)
     priority: PRIORITY["mlm"]
     resources:
@@ -67,6 +67,36 @@ rule mlm:
     shell:
         "{params.relm} train mlm --run-dir {params.run_dir:q} --settings {params.settings:q} --vocab {input.vocab:q} "
         "{params.corpora} {params.start} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+
+
+# The new rows of the RE-LM extension when they do not start at random (config `extension.init`): once per pair,
+# from the HMR MLM (relm/model/newrows.py); the log of `aligned` reports the precision of its cross-lingual map.
+rule extension_init:
+    input:
+        unpack(extension_init_inputs),
+        vocab=ext_vocab,
+    output:
+        rows="models/{pair}/extension/{init}.npy",
+        info="models/{pair}/extension/{init}.json",
+    wildcard_constraints:
+        init="mean|subword|aligned",
+    params:
+        settings=lambda w: settings_json(extension_settings(config)),
+        files=extension_init_args,
+        seed=config.get("seed", 0),
+    priority: PRIORITY["mlm"]
+    resources:
+        mem_mb=mem_mb("train"),
+    conda:
+        "../envs/relm.yaml"
+    log:
+        "logs/extension_init/{pair}.{init}.log",
+    benchmark:
+        "benchmarks/extension_init/{pair}.{init}.tsv"
+    shell:
+        "relm vocab init-rows --method {wildcards.init:q} --checkpoint {input.model:q} --extension {input.sidecar:q} "
+        "--vocab {input.vocab:q} {params.files} --settings {params.settings:q} --seed {params.seed} "
+        "--out {output.rows:q} > {log:q} 2>&1"
 
 
 # --- starting from a released MLM (config `pretrained`) -----------------------------------------------------------

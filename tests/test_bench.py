@@ -2,6 +2,7 @@
 the Markdown report; and what the cases rely on (same output as their reference, same parameter count)."""
 import textwrap
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from bench.harness import (MAX_WORDS, MIN_WORDS, add_ratios, fit_linear, fit_pow
 from relm.config import ModelConfig
 from relm.model.transformer import TransformerModel
 
+REPO = Path(__file__).resolve().parents[1]
 TINY_CASE = '''
 """A tiny case for the harness tests: "relm" keeps 5 MB, "reference" 40 MB in a forked child."""
 import multiprocessing
@@ -166,3 +168,38 @@ def test_mlm_step_models_have_the_counted_parameters():
                             mlm_step.N_WORDS, 1, is_decoder=False)
     bare = mlm_step.BareMLM(32, 2)
     assert sum(p.numel() for p in relm.parameters()) == sum(p.numel() for p in bare.parameters()) == n
+
+
+def test_word_translation_accuracy_of_embeddings(tmp_path):
+    """bench.word_translation scores 1.0 when each test word's row is its translation's row (plus a little noise),
+    near chance for unrelated rows; LMR forms spelled like an HMR word are not test words."""
+    import yaml
+
+    from bench.word_translation import build_pair, evaluate, lexicon
+    from relm.model.checkpoint import save_model
+    from relm.tokens import SPECIAL_WORDS
+
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    synth, lmr, hmr = build_pair(config, "lx-hx")
+    pairs = lexicon(synth)
+    chosen, seen = [], set()
+    for lw, hw, shared in pairs:
+        if not shared and lw not in seen and hw not in seen and len(chosen) < 40:
+            chosen.append((lw, hw))
+            seen |= {lw, hw}
+    words = SPECIAL_WORDS + [w for pair in chosen for w in pair]
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=2)
+    torch.manual_seed(0)
+    results = {}
+    for name, aligned in (("aligned", True), ("random", False)):
+        model = TransformerModel(cfg, len(words), 2, False)
+        with torch.no_grad():
+            emb = model.embeddings.weight
+            for k in range(len(chosen)):
+                h = len(SPECIAL_WORDS) + 2 * k + 1
+                if aligned:
+                    emb[h - 1] = emb[h] + 0.01 * torch.randn(32)
+        save_model(tmp_path / f"{name}.pt", "mlm", {"model": model}, cfg, [hmr, lmr], words, [1] * len(words), {})
+        results[name] = evaluate(str(tmp_path / f"{name}.pt"), pairs, lmr)
+    assert results["aligned"]["n_test"] == 40 and results["aligned"]["acc@1"] == 1.0
+    assert results["random"]["acc@1"] < 0.2

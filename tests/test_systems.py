@@ -94,6 +94,10 @@ def test_unknown_stage_key_is_named():
     (lambda c: c.update(seeds=[]), "config key 'seeds'"),
     (lambda c: c.update(seeds=[1, 1]), "config key 'seeds'"),
     (lambda c: c["mlm"].update(new_lang_emb="ones"), "config key 'mlm.new_lang_emb'"),
+    (lambda c: c.update(extension={"init": "fasttext"}), "config key 'extension.init' must be one of random, mean"),
+    (lambda c: c.update(extension={"init": "aligned", "aligned": {"dim": 0}}), "config key 'extension.aligned.dim'"),
+    (lambda c: c.update(extension={"inits": "mean"}), "extension"),
+    (lambda c: c["mlm"].update(extension_init="mean"), "mlm"),  # set by the workflow from extension.init only
     (lambda c: c["mlm_systems"].update(bert={}), "config key 'mlm_systems': unknown system 'bert'"),
     (lambda c: c["model"].update(dim="big"), "config key 'model.dim'"),
     (lambda c: c.update(pairs=["lx-en"]), "must end with the HMR language"),

@@ -195,3 +195,34 @@ def test_seeds_are_a_workflow_dimension(tmp_path):
     (tables,) = jobs["tables"]
     (command,) = [ln for ln in tables["shell"].splitlines() if "relm tables --scores" in ln]
     assert command.count("/seed0/test.") == command.count("/seed2/test.") == 6
+
+
+@pytest.mark.parametrize("init", ["random", "mean", "subword", "aligned"])
+def test_extension_init_in_the_workflow(tmp_path, init):
+    """`extension.init`: random rows are drawn by the MLM stage (no rule); the others come from one extension_init
+    job per pair, which reads what its method needs, and reach both RE-LM systems' MLM stages (not XLM's)."""
+    import subprocess
+    import sys
+
+    from workflow_utils import write_config
+
+    cfg = write_config(tmp_path / "c.yaml", {**demo_config(), "extension": {"init": init}})
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(cfg),
+                           "-n", "-p", "-d", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    for job in jobs["mlm"]:
+        relm = "/xlm/" not in job["shell"]
+        assert ("--ext-rows" in job["shell"]) == (relm and init != "random")
+        assert (f'"extension_init": "{init}"' in job["shell"]) == relm
+        assert (f"--ext-rows models/lx-hx/extension/{init}.npy " in job["shell"]) == (relm and init != "random")
+    if init == "random":
+        assert "extension_init" not in jobs
+        return
+    (job,) = jobs["extension_init"]
+    inputs = next(ln for ln in job["shell"].splitlines() if ln.strip().startswith("input:"))
+    assert f"output: models/lx-hx/extension/{init}.npy, models/lx-hx/extension/{init}.json" in job["shell"]
+    assert "models/hx/mlm/model.pt" in inputs
+    assert ("data/hx/codes.hx" in inputs) == (init == "subword")
+    assert ("data/hx/bpe-hmr/train.hx" in inputs and "data/lx-hx/bpe-joint/train.lx" in inputs) == (init == "aligned")

@@ -29,7 +29,7 @@ def props(cls, skip=()):
     return {"type": "object", "additionalProperties": False, "properties": out}
 
 
-WORKFLOW_SET = ("langs", "mlm_steps", "eval_langs", "trainable", "ae_steps", "bt_steps")
+WORKFLOW_SET = ("langs", "mlm_steps", "eval_langs", "trainable", "ae_steps", "bt_steps", "extension_init")
 defs = {
     "model": props(C.ModelConfig),
     "optim": props(C.OptimConfig),
@@ -37,5 +37,7 @@ defs = {
     "mlm_stage": props(C.MLMConfig, skip=WORKFLOW_SET),
     "unmt_stage": props(C.UNMTConfig, skip=WORKFLOW_SET),
     "translate": props(C.TranslateConfig),
+    "extension": props(C.ExtensionConfig),
+    "aligned": props(C.AlignedConfig),
 }
 print(yaml.safe_dump({"$defs": defs}, sort_keys=False))

@@ -43,8 +43,10 @@ def extension_size(extension: str, words: list[str], dico: Dictionary, path) -> 
     return n_new
 
 
-def extend_state_dict(state: dict, n_new: int, dim: int, generator: torch.Generator | None = None) -> dict:
-    """Copy of `state` with n_new rows appended: token embeddings (= tied output matrix) ~ U(-1/dim, 1/dim), bias 0."""
+def extend_state_dict(state: dict, n_new: int, dim: int, generator: torch.Generator | None = None,
+                      new_rows: torch.Tensor | None = None) -> dict:
+    """Copy of `state` with n_new rows appended: token embeddings (= tied output matrix) ~ U(-1/dim, 1/dim), or
+    `new_rows` (extension.init other than random, relm.model.newrows), bias 0."""
     state = strip_module_prefix(state)
     old = state["embeddings.weight"]
     v_old, d = old.shape
@@ -52,7 +54,8 @@ def extend_state_dict(state: dict, n_new: int, dim: int, generator: torch.Genera
         raise CheckpointError(f"checkpoint embeddings have dim {d}, the model has dim {dim}")
     if n_new < 0:
         raise ValueError(f"n_new must be >= 0, got {n_new}")
-    new_rows = (torch.rand(n_new, dim, generator=generator, dtype=torch.float32) * 2 - 1) / dim
+    if new_rows is None:  # given rows were checked against n_new x dim where they were read (newrows.read_rows)
+        new_rows = (torch.rand(n_new, dim, generator=generator, dtype=torch.float32) * 2 - 1) / dim
     emb = torch.cat([old, new_rows.to(old.dtype).to(old.device)], dim=0)
     out = dict(state)
     out["embeddings.weight"] = emb
@@ -66,7 +69,7 @@ def extend_state_dict(state: dict, n_new: int, dim: int, generator: torch.Genera
 
 
 def load_extended(model: TransformerModel, state: dict, n_new: int, expected_n_words: int,
-                  generator: torch.Generator | None = None) -> TransformerModel:
+                  generator: torch.Generator | None = None, new_rows: torch.Tensor | None = None) -> TransformerModel:
     """Load an HMR checkpoint (V_old words) into `model` built for the extended dictionary (expected_n_words)."""
     state = strip_module_prefix(state)
     v_old = state["embeddings.weight"].shape[0]
@@ -75,7 +78,7 @@ def load_extended(model: TransformerModel, state: dict, n_new: int, expected_n_w
                               f"{v_old + n_new}, but the extended dictionary has {expected_n_words} words")
     if model.n_words != expected_n_words:
         raise CheckpointError(f"model has {model.n_words} words, the extended dictionary {expected_n_words}")
-    return load_weights(model, extend_state_dict(state, n_new, model.dim, generator), "vocabulary extension",
+    return load_weights(model, extend_state_dict(state, n_new, model.dim, generator, new_rows), "vocabulary extension",
                         FRESH_PREFIXES)
 
 

@@ -20,8 +20,10 @@ from relm.config import MLMConfig
 from relm.data.batches import StreamBatches
 from relm.data.corpus import open_corpora
 from relm.data.dictionary import Dictionary
+from relm.errors import ConfigError
 from relm.model.checkpoint import load_start
 from relm.model.extend import extension_size, load_extended
+from relm.model.newrows import read_rows
 from relm.model.transformer import TransformerModel, set_adapter_finetuning
 from relm.train.loop import Trainer, ce_stats
 from relm.train.metrics import mlm_metric_names, ppl_acc
@@ -93,9 +95,9 @@ def eval_mask(x: torch.Tensor, rng: np.random.RandomState, word_pred: float):
 
 
 def load_init(model: TransformerModel, init: str, dico: Dictionary, langs: list[str], cfg: MLMConfig,
-              extension: str | None, log) -> None:
+              extension: str | None, log, ext_rows: str | None = None) -> None:
     """Initialize `model` from our MLM checkpoint; with `extension`, from an HMR checkpoint whose vocabulary is
-    extended by the sidecar's n_new rows (RE-LM)."""
+    extended by the sidecar's n_new rows (RE-LM): drawn at random, or read from `ext_rows` (cfg.extension_init)."""
     ck = load_start(init, ("mlm",), cfg.model, dico=None if extension else dico)
     n_new = extension_size(extension, ck["words"], dico, init) if extension else 0
     state = dict(ck["model"])
@@ -103,17 +105,25 @@ def load_init(model: TransformerModel, init: str, dico: Dictionary, langs: list[
         log(f"language embeddings of {init} (langs {ck['langs']}) are not used: new ones for {langs}")
         del state["lang_embeddings.weight"]
     g = torch.Generator().manual_seed(cfg.run.seed)
-    load_extended(model, state, n_new, len(dico), g)
+    rows = None
+    if extension and cfg.extension_init != "random":
+        rows = torch.from_numpy(read_rows(ext_rows, cfg.extension_init, n_new, cfg.model.dim))
+    load_extended(model, state, n_new, len(dico), g, rows)
     if hasattr(model, "lang_embeddings") and "lang_embeddings.weight" not in state:
         if cfg.new_lang_emb == "zero":
             with torch.no_grad():
                 model.lang_embeddings.weight.zero_()
         log(f"new language embeddings for {langs}: {cfg.new_lang_emb}")
-    log(f"initialized from {init}" + (f", vocabulary extended by {n_new} words" if extension else ""))
+    if extension:
+        source = f" ({ext_rows})" if rows is not None else ""
+        log(f"initialized from {init}, vocabulary extended by {n_new} words, new rows: {cfg.extension_init}{source}")
+    else:
+        log(f"initialized from {init}")
 
 
 def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], valid: dict[str, str],
               test: dict[str, str] | None = None, init: str | None = None, extension: str | None = None,
+              ext_rows: str | None = None,
               out: str | None = None, metrics_out: str | None = None, log=print) -> dict:
     """Train a masked LM; returns a summary dict (step, epoch, best, last metrics, history, out)."""
     valid, test = dict(valid or {}), dict(test or {})
@@ -144,12 +154,17 @@ def train_mlm(cfg: MLMConfig, run_dir: str, vocab: str, train: dict[str, str], v
     evals = {split: open_corpora({lg: p for lg, p in paths.items() if lg in eval_langs}, dico, vocab, split)
              for split, paths in (("valid", valid), ("test", test))}
     metric_names = mlm_metric_names({split: list(cs) for split, cs in evals.items()})
+    if cfg.extension_init != "random" and not (extension and ext_rows):
+        raise ConfigError(f"extension_init {cfg.extension_init!r} needs a vocabulary extension (--extension) and its "
+                          f"new rows (--ext-rows, from relm vocab init-rows)", "extension_init")
     inputs = dict(vocab=vocab, train=train, valid=valid, test=test, init=init, extension=extension)
+    if ext_rows:
+        inputs["ext_rows"] = ext_rows
     trainer = Trainer(cfg, "mlm", run_dir, inputs, langs, dico.words, dico.counts, metric_names, log, out=out)
     try:  # the run directory is locked from here on
         model = TransformerModel(cfg.model, len(dico), len(langs), is_decoder=False)
         if init and not trainer.resume:
-            load_init(model, init, dico, langs, cfg, extension, trainer.log)
+            load_init(model, init, dico, langs, cfg, extension, trainer.log, ext_rows)
         if cfg.trainable == "adapters":
             set_adapter_finetuning(model, cfg.train_lang_emb)
         iterators = {f"mlm:{lg}": StreamBatches(c, cfg.batch_size, cfg.bptt, seed=trainer.seed_for("mlm", lg))
