@@ -47,7 +47,8 @@ class System:
     display: str  # name in tables and plots
     dictionary: str  # a key of DICTIONARIES
     init: str | None  # the MLM stage starts from: "pretrain" (the HMR MLM, vocabulary extended) | None (random)
-    mlm_steps: tuple[str, ...]  # languages ("lmr", "hmr") the MLM stage trains on, in XLM's mlm_steps order
+    mlm_steps: tuple[str, ...]  # languages ("lmr", "hmr") the MLM stage trains on, in XLM's mlm_steps order; ()
+    #                             = no MLM stage: UNMT starts from random weights
     trainable: str = "all"  # "all" | "adapters" (adapters, embeddings and output layer; RE-LM's --tune_adapters)
 
 
@@ -59,8 +60,16 @@ SYSTEMS = {
     # RE-LM + adapters: the same start, fine-tuned on the LMR only with the pretrained weights frozen
     "relm_adapters": System("RE-LM + adapters", dictionary="relm", init="pretrain", mlm_steps=("lmr",),
                             trainable="adapters"),
+    # a control, not in the paper: UNMT from random weights with XLM's joint vocabulary, no MLM stage; it tells how
+    # much the pretrained start matters at all on a pair
+    "scratch": System("Random start (control)", dictionary="xlm", init=None, mlm_steps=()),
 }
 DISPLAY = {name: s.display for name, s in SYSTEMS.items()}
+
+
+def has_mlm_stage(system: str) -> bool:
+    """Whether `system` trains an MLM stage (and its UNMT starts from it) or starts UNMT from random weights."""
+    return bool(SYSTEMS[system].mlm_steps)
 
 
 def split_pair(pair: str) -> tuple[str, str]:
@@ -153,6 +162,9 @@ def mlm_settings(config: dict, system: str | None = None, pair: str | None = Non
     """MLMConfig (as a dict) of `system`'s MLM stage on `pair`; system None = HMR pretraining. Checked by building
     the dataclass: an unknown key is an error naming it. seed (one of `seeds`) replaces run.seed."""
     hmr = config["hmr"]
+    if system is not None and not has_mlm_stage(system):
+        raise ConfigError(f"config key 'mlm_systems.{system}': system {system!r} has no MLM stage (its UNMT starts "
+                          "from random weights)")
     if system is None:
         section, where = config.get("pretrain", {}), "pretrain."
     else:

@@ -10,7 +10,7 @@ import yaml
 
 from relm.config import ModelConfig, TranslateConfig, check, from_dict
 from relm.errors import ConfigError
-from relm.systems import SYSTEMS, extension_settings, mlm_settings, split_pair, unmt_settings
+from relm.systems import SYSTEMS, extension_settings, has_mlm_stage, mlm_settings, split_pair, unmt_settings
 
 SPLITS = ("train", "valid", "test")
 RENAMED = {  # old top-level key -> new one
@@ -62,8 +62,12 @@ def check_config(config: dict, schema_file: str | Path) -> None:
     for pair in pairs:  # the stage sections must build their dataclasses (unknown keys are named)
         mlm_settings(config)
         for system in config["systems"]:
-            mlm_settings(config, system, pair)
+            if has_mlm_stage(system):
+                mlm_settings(config, system, pair)
             unmt_settings(config, system, pair)
+        for system in config.get("mlm_systems", {}):
+            if not has_mlm_stage(system):
+                mlm_settings(config, system, pair)  # the error: that system has no MLM stage
     check(from_dict(TranslateConfig, config.get("translate"), "translate."), "translate.")
 
 

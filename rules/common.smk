@@ -9,7 +9,7 @@ from snakemake.utils import min_version
 
 from relm.config import TranslateConfig, from_dict
 from relm.errors import ConfigError
-from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, mlm_langs, split_pair
+from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, has_mlm_stage, mlm_langs, split_pair
 from relm.systems import extension_settings, mlm_settings, seeds, train_threads, unmt_langs, unmt_settings
 from relm.workflow import check_config, released_model_keys
 
@@ -356,6 +356,18 @@ def extension_init_args(wildcards, input):
     return " ".join(f"{flag} {input[key]}" for key, flag in names.items() if key in input.keys())
 
 
+def unmt_start(wildcards):
+    """The MLM a system's UNMT starts from; none for a system without MLM stage (random weights), which waits for
+    the check of a released MLM as the MLM stages do."""
+    if has_mlm_stage(wildcards.system):
+        return {"init": f"models/{wildcards.pair}/{wildcards.system}/seed{wildcards.seed}/mlm/model.pt"}
+    return released_gate()
+
+
+def unmt_start_args(wildcards, input):
+    return f"--init {input.init}" if "init" in input.keys() else ""
+
+
 def unmt_corpora(wildcards):
     langs = unmt_langs(wildcards.pair)["langs"]
     return run_corpora(SYSTEMS[wildcards.system].dictionary, wildcards.pair, {"train": langs, "eval": langs})
@@ -382,7 +394,7 @@ def pair_metrics(pair):
     runs = {} if RELEASED else {"pretrain": f"models/{HMR}/mlm/metrics.jsonl"}  # a released MLM has no curve
     for system in config["systems"]:
         for seed in SEEDS:
-            for stage in ("mlm", "unmt"):
+            for stage in ("mlm", "unmt") if has_mlm_stage(system) else ("unmt",):
                 runs[f"{system}/{stage}{seed_label(seed)}"] = f"models/{pair}/{system}/seed{seed}/{stage}/metrics.jsonl"
     return runs
 
@@ -411,7 +423,7 @@ def benchmark_files():
         files[f"bpe learn {pair} joint"] = f"benchmarks/bpe_learn_joint/{pair}.tsv"
         for system in config["systems"]:
             for seed in SEEDS:
-                for stage in ("mlm", "unmt"):
+                for stage in ("mlm", "unmt") if has_mlm_stage(system) else ("unmt",):
                     files[f"{stage} {pair} {system}{seed_label(seed)}"] = f"benchmarks/{stage}/{pair}.{system}.seed{seed}.tsv"
                 for d in directions(pair):
                     files[f"translate {pair} {system} {d}{seed_label(seed)}"] = \

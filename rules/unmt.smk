@@ -1,10 +1,10 @@
 # Unsupervised NMT (denoising auto-encoding + online back-translation), one run per system and pair,
-# encoder and decoder initialized from the system's MLM.
+# encoder and decoder initialized from the system's MLM (random for a system without MLM stage).
 
 
 rule unmt:
     input:
-        init="models/{pair}/{system}/seed{seed}/mlm/model.pt",
+        unpack(unmt_start),
         vocab=system_vocab,
         train=lambda w: unmt_corpora(w)["train"].values(),
         valid=lambda w: unmt_corpora(w)["valid"].values(),
@@ -17,6 +17,7 @@ rule unmt:
         run_dir="models/{pair}/{system}/seed{seed}/unmt",
         settings=lambda w: settings_json(unmt_settings(config, w.system, w.pair, int(w.seed))),
         corpora=lambda w: corpora_args(unmt_corpora(w)),
+        start=unmt_start_args,
     threads: train_threads(config)
     resources:
         runtime=runtime("unmt"),
@@ -31,4 +32,4 @@ rule unmt:
         "benchmarks/unmt/{pair}.{system}.seed{seed}.tsv"
     shell:
         "{params.relm} train unmt --run-dir {params.run_dir:q} --settings {params.settings:q} --vocab {input.vocab:q} "
-        "{params.corpora} --init {input.init:q} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"
+        "{params.corpora} {params.start} --out {output.model:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -20,6 +20,7 @@ PROFILES = [REPO / "slurm" / "config.yaml", REPO / "profiles" / "local" / "confi
     ("xlm", "xlm", None, ["mk", "en"], "all"),
     ("relm", "relm", "pretrain", ["mk", "en"], "all"),
     ("relm_adapters", "relm", "pretrain", ["mk"], "adapters"),
+    ("scratch", "xlm", None, [], "all"),
 ])
 def test_systems_table(system, dictionary, init, steps, trainable):
     s = SYSTEMS[system]
@@ -138,3 +139,14 @@ def test_profiles_name_only_existing_rules(tmp_path):
         # the commented SITE example of the shipped profile too
         commented = [ln[2:] for ln in profile.read_text().splitlines() if ln.startswith("#   ") and ln.endswith(":")]
         assert {ln.strip().rstrip(":") for ln in commented if ln.startswith("  ") and " " not in ln.strip()} <= rules
+
+
+def test_a_system_without_mlm_stage():
+    """The random-start control trains no MLM stage: its UNMT settings build; settings for its MLM stage are an
+    error naming the key."""
+    cfg = {**demo_config(), "systems": ["xlm", "scratch"]}
+    check_config(cfg, SCHEMA)
+    assert from_dict(UNMTConfig, unmt_settings(cfg, "scratch", "lx-hx")).model.dim == cfg["model"]["dim"]
+    cfg["mlm_systems"] = {**cfg["mlm_systems"], "scratch": {"run": {"max_steps": 10}}}
+    with pytest.raises(ConfigError, match="'mlm_systems.scratch': system 'scratch' has no MLM stage"):
+        check_config(cfg, SCHEMA)

@@ -197,6 +197,30 @@ def test_seeds_are_a_workflow_dimension(tmp_path):
     assert command.count("/seed0/test.") == command.count("/seed2/test.") == 6
 
 
+def test_the_random_start_control_has_no_mlm_stage(tmp_path):
+    """System `scratch`: its UNMT starts from random weights (no --init, no MLM job), and its curves have no MLM run;
+    XLM beside it keeps its MLM stage."""
+    import subprocess
+    import sys
+
+    from workflow_utils import write_config
+
+    cfg = write_config(tmp_path / "c.yaml", {**demo_config(), "systems": ["xlm", "scratch"]})
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(cfg),
+                           "-n", "-p", "-d", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    assert ["/xlm/" in j["shell"] for j in jobs["mlm"]] == [True]
+    (scratch,) = [j["shell"] for j in jobs["unmt"] if "/scratch/" in j["shell"]]
+    (xlm,) = [j["shell"] for j in jobs["unmt"] if "/xlm/" in j["shell"]]
+    assert "--init" not in scratch and "--init models/lx-hx/xlm/seed0/mlm/model.pt" in xlm
+    assert scratch.split("--vocab ")[1].split()[0] == xlm.split("--vocab ")[1].split()[0]  # XLM's joint vocabulary
+    (curves,) = jobs["curves"]
+    assert "scratch/unmt=" in curves["shell"] and "scratch/mlm=" not in curves["shell"]
+    assert len(jobs["translate"]) == len(jobs["score"]) == 4
+
+
 @pytest.mark.parametrize("init", ["random", "mean", "subword", "aligned"])
 def test_extension_init_in_the_workflow(tmp_path, init):
     """`extension.init`: random rows are drawn by the MLM stage (no rule); the others come from one extension_init
