@@ -292,6 +292,20 @@ def test_rerun_resumes_finished_run_and_changed_config_goes_stale(data, tmp_path
     assert (run / "checkpoint.pt.stale-2").is_file() and (run / "checkpoint.pt.stale-1").is_file()
 
 
+@pytest.mark.parametrize("now, stale", [("random", False), ("zero", True)])
+def test_a_setting_newer_than_the_checkpoint_counts_at_its_default(data, tmp_path, now, stale):
+    """A checkpoint written before a setting existed (here: new_lang_emb, default random) resumes when the run keeps
+    the default, and is stale when the run sets another value."""
+    run = tmp_path / "run"
+    res1, _ = small_run(data, run)
+    ck = safe_load(run / "checkpoint.pt")
+    del ck["config"]["new_lang_emb"]
+    torch.save(ck, run / "checkpoint.pt")
+    res2, logs = small_run(data, run, new_lang_emb=now)
+    assert any("already finished" in m for m in logs) != stale, logs
+    assert any("stale-1" in m and "new_lang_emb" in m for m in logs) == stale, logs
+
+
 def test_corrupt_checkpoint_falls_back_to_the_previous_one(data, tmp_path):
     run, over = tmp_path / "run", {"run": {"epoch_size": 64, "checkpoint_every": 2}}
     first, _ = small_run(data, run, **over)

@@ -8,7 +8,8 @@ as `checkpoint.prev.pt`), `best-<metric>.pt`, `delivered.json` (written by Train
 written to --out, the metrics path, the step), `digests.json` (cache of input digests), `train.lock`.
 
 Identity: a run is its kind, its config less the volatile keys (threads, log_every, checkpoint_every, max_nan_steps)
-and the budget (max_steps, max_epochs), and the content of its inputs. Starting a run on a directory whose
+and the budget (max_steps, max_epochs), and the content of its inputs; a setting that a checkpoint's config lacks
+(added to relm since) counts at its default. Starting a run on a directory whose
 checkpoint.pt has another identity moves the old run files to `*.stale-<n>` (the log names what changed) and trains
 afresh; with the same identity:
   - an interrupted run (not finished) resumes, always (SLURM retries, pre-emption);
@@ -57,7 +58,7 @@ import torch.distributed as dist
 import yaml
 
 from relm import errors
-from relm.config import dump_yaml, to_dict
+from relm.config import dump_yaml, merge, to_dict
 from relm.errors import CheckpointError
 from relm.files import atomic_write_text, sha256_file
 from relm.model.checkpoint import safe_load
@@ -291,7 +292,10 @@ def _decide(run_dir: Path, cfg, kind: str, inputs: dict, log, words, out) -> tup
         if ck.get("kind") != kind or "trainer" not in ck:
             reason = f"{ckpt} holds " + (f"a {ck.get('kind')!r} run" if ck.get("kind") != kind else "no training state")
         else:
-            reason = _changes(ck.get("config"), config, ck.get("inputs"), fp)
+            # a setting added since the checkpoint was written counts at its default (a new setting's default
+            # keeps the behaviour before it), so a code update does not restart unfinished runs
+            old = merge(to_dict(type(cfg)()), ck.get("config") or {})
+            reason = _changes(old, config, ck.get("inputs"), fp)
             if not reason and words is not None and list(ck.get("words") or []) != list(words):
                 reason = "the dictionary changed"
             reason = reason and f"{ckpt} was written by another run ({reason})"
