@@ -11,7 +11,7 @@ from relm.config import TranslateConfig, from_dict
 from relm.errors import ConfigError
 from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, has_mlm_stage, mlm_langs, split_pair
 from relm.systems import extension_settings, mlm_settings, seeds, train_threads, unmt_langs, unmt_settings
-from relm.workflow import check_config, released_model_keys
+from relm.workflow import check_config, hmr_mlm_systems, released_model_keys
 
 min_version("9.0")
 
@@ -391,7 +391,8 @@ def source_codes(wildcards):
 
 
 def pair_metrics(pair):
-    runs = {} if RELEASED else {"pretrain": f"models/{HMR}/mlm/metrics.jsonl"}  # a released MLM has no curve
+    # a released MLM has no curve; without a system that starts from the HMR MLM there is no pretraining
+    runs = {} if RELEASED or not hmr_mlm_systems(config) else {"pretrain": f"models/{HMR}/mlm/metrics.jsonl"}
     for system in config["systems"]:
         for seed in SEEDS:
             for stage in ("mlm", "unmt") if has_mlm_stage(system) else ("unmt",):
@@ -414,7 +415,7 @@ def benchmark_files():
     files = {f"tokenize {HMR} train": f"benchmarks/tokenize/{HMR}.train.{HMR}.tsv"}
     if RELEASED:
         files[f"import {HMR} released MLM"] = f"benchmarks/import_released/{HMR}.tsv"
-    else:
+    elif hmr_mlm_systems(config):  # else no system starts from the HMR MLM: no pretraining
         files[f"bpe learn {HMR}"] = f"benchmarks/bpe_learn_hmr/{HMR}.tsv"
         files[f"pretrain {HMR}"] = f"benchmarks/pretrain/{HMR}.tsv"
     for pair in PAIRS:

@@ -199,7 +199,7 @@ def test_seeds_are_a_workflow_dimension(tmp_path):
 
 def test_the_random_start_control_has_no_mlm_stage(tmp_path):
     """System `scratch`: its UNMT starts from random weights (no --init, no MLM job), and its curves have no MLM run;
-    XLM beside it keeps its MLM stage."""
+    XLM beside it keeps its MLM stage; without an RE-LM system nothing pretrains on the HMR."""
     import subprocess
     import sys
 
@@ -219,6 +219,7 @@ def test_the_random_start_control_has_no_mlm_stage(tmp_path):
     (curves,) = jobs["curves"]
     assert "scratch/unmt=" in curves["shell"] and "scratch/mlm=" not in curves["shell"]
     assert len(jobs["translate"]) == len(jobs["score"]) == 4
+    assert "pretrain" not in jobs and "bpe_learn_hmr" not in jobs  # no system starts from the HMR MLM
 
 
 @pytest.mark.parametrize("init", ["random", "mean", "subword", "aligned"])

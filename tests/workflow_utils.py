@@ -24,7 +24,7 @@ def tiny_config(**overrides) -> dict:
     cfg["model"].update(dim=32, n_layers=1, n_heads=2)
     cfg["mlm"]["bptt"] = 32
     cfg["mlm"]["run"].update(epoch_size=640, max_steps=40, checkpoint_every=20)
-    for system in ("relm", "relm_adapters"):
+    for system in ("xlm", "relm", "relm_adapters"):
         cfg["mlm_systems"][system]["run"]["max_steps"] = 40
     cfg["mlm_systems"]["relm_adapters"]["model"]["adapter_size"] = 8
     cfg["unmt"]["tokens_per_batch"] = 300
@@ -42,7 +42,7 @@ def learning_config() -> dict:
     cfg["mlm"]["run"]["epoch_size"] = 6400  # an evaluation every 200 steps
     cfg["pretrain"]["run"]["max_steps"] = 800
     cfg["mlm_systems"]["xlm"]["run"]["max_steps"] = 1000
-    for system in ("relm", "relm_adapters"):
+    for system in ("xlm", "relm", "relm_adapters"):
         cfg["mlm_systems"][system]["run"]["max_steps"] = 400
     cfg["unmt"]["run"].update(max_steps=1000, epoch_size=6400)  # 1000 updates of 1000 tokens, evaluated every 200
     return cfg
