@@ -76,6 +76,14 @@ def test_unknown_system_gets_own_row(tmp_path):
     write_tables(hand_written(tmp_path, scores), tmp_path, bootstrap=False)
     t = section((tmp_path / "bleu.md").read_text(), "Detokenized")
     assert t[5] == "| mine | **30.0** | – | – | – |" and t[3].startswith("| RE-LM | 15.0 |")
+    assert "Random start" not in (tmp_path / "bleu.md").read_text()  # a control has a row only with results
+
+
+def test_a_control_with_results_gets_its_row(tmp_path):
+    scores = {**SCORES, ("mk-en", "scratch", "en-mk", "test"): (3.0, 3.5)}
+    write_tables(hand_written(tmp_path, scores), tmp_path, bootstrap=False)
+    t = section((tmp_path / "bleu.md").read_text(), "Detokenized")
+    assert t[5] == "| Random start (control) | 3.0 | – | – | – |"
 
 
 def test_latex_layout(tmp_path):

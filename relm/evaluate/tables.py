@@ -17,7 +17,7 @@ import pandas as pd
 
 from relm.evaluate.score import paired_bootstrap_many, read_lines, tokenize_lines
 from relm.files import atomic_write_text
-from relm.systems import DISPLAY
+from relm.systems import DISPLAY, SYSTEMS
 
 METRIC_TITLES = {
     "bleu": "Detokenized BLEU (sacreBLEU)",
@@ -140,8 +140,9 @@ def directions(pairs: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _systems(df: pd.DataFrame) -> list[str]:
+    """Rows: the paper's systems always (– where not run), controls and unknown systems when they have scores."""
     others = sorted(set(df.system) - set(DISPLAY) - {COPY})
-    return list(DISPLAY) + others
+    return [s for s in DISPLAY if not SYSTEMS[s].control or (df.system == s).any()] + others
 
 
 def main_table(df: pd.DataFrame, metric: str, pairs: list[str], split: str = "test", baseline: str = "xlm",
