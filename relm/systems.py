@@ -73,6 +73,11 @@ def has_mlm_stage(system: str) -> bool:
     return bool(SYSTEMS[system].mlm_steps)
 
 
+def stages(system: str) -> tuple[str, ...]:
+    """The training runs of `system`, in order: ("mlm", "unmt"), or ("unmt",) without MLM stage."""
+    return ("mlm", "unmt") if has_mlm_stage(system) else ("unmt",)
+
+
 def split_pair(pair: str) -> tuple[str, str]:
     """'mk-en' -> ('mk', 'en'): pairs are named LMR-HMR, as the original names its data folders."""
     lmr, hmr = pair.split("-")

@@ -59,15 +59,15 @@ def check_config(config: dict, schema_file: str | Path) -> None:
     check_data(config)
     check_pretrained(config)
     extension_settings(config)
+    for system in config.get("mlm_systems", {}):
+        if not has_mlm_stage(system):
+            mlm_settings(config, system)  # raises: settings for an MLM stage the system does not have
     for pair in pairs:  # the stage sections must build their dataclasses (unknown keys are named)
         mlm_settings(config)
         for system in config["systems"]:
             if has_mlm_stage(system):
                 mlm_settings(config, system, pair)
             unmt_settings(config, system, pair)
-        for system in config.get("mlm_systems", {}):
-            if not has_mlm_stage(system):
-                mlm_settings(config, system, pair)  # the error: that system has no MLM stage
     check(from_dict(TranslateConfig, config.get("translate"), "translate."), "translate.")
 
 

@@ -10,7 +10,7 @@ from snakemake.utils import min_version
 from relm.config import TranslateConfig, from_dict
 from relm.errors import ConfigError
 from relm.systems import DICTIONARIES, SYSTEMS, codes_for, directions, has_mlm_stage, mlm_langs, split_pair
-from relm.systems import extension_settings, mlm_settings, seeds, train_threads, unmt_langs, unmt_settings
+from relm.systems import extension_settings, mlm_settings, seeds, stages, train_threads, unmt_langs, unmt_settings
 from relm.workflow import check_config, hmr_mlm_systems, released_model_keys
 
 min_version("9.0")
@@ -395,7 +395,7 @@ def pair_metrics(pair):
     runs = {} if RELEASED or not hmr_mlm_systems(config) else {"pretrain": f"models/{HMR}/mlm/metrics.jsonl"}
     for system in config["systems"]:
         for seed in SEEDS:
-            for stage in ("mlm", "unmt") if has_mlm_stage(system) else ("unmt",):
+            for stage in stages(system):
                 runs[f"{system}/{stage}{seed_label(seed)}"] = f"models/{pair}/{system}/seed{seed}/{stage}/metrics.jsonl"
     return runs
 
@@ -424,7 +424,7 @@ def benchmark_files():
         files[f"bpe learn {pair} joint"] = f"benchmarks/bpe_learn_joint/{pair}.tsv"
         for system in config["systems"]:
             for seed in SEEDS:
-                for stage in ("mlm", "unmt") if has_mlm_stage(system) else ("unmt",):
+                for stage in stages(system):
                     files[f"{stage} {pair} {system}{seed_label(seed)}"] = f"benchmarks/{stage}/{pair}.{system}.seed{seed}.tsv"
                 for d in directions(pair):
                     files[f"translate {pair} {system} {d}{seed_label(seed)}"] = \
